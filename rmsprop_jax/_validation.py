@@ -1,0 +1,188 @@
+"""Argument and pytree checks shared by the core and the presets.
+
+Every check raises at the call site with a message that names the argument (or
+the tree path), the offending value, and what is allowed, so that mistakes never
+surface as shape errors deep inside XLA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete_value(value: Any) -> float | None:
+  """Returns ``value`` as a Python float if it is a concrete scalar, else None.
+
+  Traced values (under ``jit``, ``vmap`` or ``inject_hyperparams`` inside a
+  jitted step) cannot be inspected, so they are not checked.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, bool):
+    return float(value)
+  if isinstance(value, (int, float, np.number)):
+    return float(value)
+  if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+    if not jnp.issubdtype(value.dtype, jnp.number):
+      return None
+    return float(np.real(np.asarray(value)))
+  return None
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    high_open: bool = False,
+    allowed: str,
+) -> None:
+  """Checks a scalar hyper-parameter if it is concrete.
+
+  Args:
+    name: the argument's name as the user typed it.
+    value: the argument.
+    low: inclusive lower bound, or None.
+    high: upper bound, or None.
+    high_open: whether ``high`` itself is excluded.
+    allowed: the allowed set in words, for the message (e.g. ``"0 <= decay < 1"``).
+  """
+  if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) != 0:
+    raise ValueError(
+        f"{name} must be a scalar ({allowed}); got an array of shape "
+        f"{np.shape(value)}."
+    )
+  if not isinstance(
+      value, (int, float, np.number, np.ndarray, jax.Array, jax.core.Tracer)
+  ):
+    raise TypeError(
+        f"{name} must be a real number ({allowed}); got {value!r} of type "
+        f"{type(value).__name__}."
+    )
+  x = concrete_value(value)
+  if x is None:
+    return
+  bad = math.isnan(x)
+  bad |= low is not None and x < low
+  bad |= high is not None and (x >= high if high_open else x > high)
+  if bad:
+    raise ValueError(f"{name} must satisfy {allowed}; got {name}={x!r}.")
+
+
+def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:
+  """Canonicalises ``state_dtype``; it must be a real floating dtype or None."""
+  if state_dtype is None:
+    return None
+  try:
+    dtype = jnp.dtype(state_dtype)
+  except TypeError as e:
+    raise ValueError(
+        f"state_dtype must be None or a floating dtype such as jnp.float32 or "
+        f"jnp.bfloat16; got {state_dtype!r}."
+    ) from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"state_dtype must be None or a floating dtype such as jnp.float32 or "
+        f"jnp.bfloat16; got {dtype.name}."
+    )
+  return dtype
+
+
+def _path_str(path: Sequence[Any]) -> str:
+  return jax.tree_util.keystr(tuple(path)) or "<root>"
+
+
+def check_param_leaves(params: Any, what: str = "params") -> None:
+  """Raises TypeError naming the path of any non-floating leaf."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = np.result_type(leaf)
+    if not (
+        jnp.issubdtype(dtype, jnp.floating)
+        or jnp.issubdtype(dtype, jnp.complexfloating)
+    ):
+      raise TypeError(
+          f"{what}{_path_str(path)} has dtype {jnp.dtype(dtype).name}; "
+          "RMSProp needs floating or complex leaves. Keep integer and boolean "
+          "leaves out of the optimised tree (e.g. with optax.masked or "
+          "eqx.filter), or set them to None."
+      )
+
+
+def flatten_like(
+    reference: Any, tree: Any, ref_name: str, tree_name: str
+) -> list[Any]:
+  """Flattens ``tree`` up to the structure of ``reference``.
+
+  Raises:
+    ValueError naming both structures when they differ.
+  """
+  treedef = jax.tree.structure(reference)
+  try:
+    return treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"{tree_name} does not have the structure of {ref_name}.\n"
+        f"  {ref_name}: {treedef}\n"
+        f"  {tree_name}: {jax.tree.structure(tree)}\n"
+        f"({e})"
+    ) from None
+
+
+def check_shapes(
+    reference: Any,
+    ref_shapes: Sequence[tuple[int, ...]],
+    other_shapes: Sequence[tuple[int, ...]],
+    ref_name: str,
+    other_name: str,
+) -> None:
+  """Raises ValueError naming the first leaf whose shapes differ.
+
+  Shapes must match exactly: a silent broadcast would corrupt the state.
+  """
+  for i, (a, b) in enumerate(zip(ref_shapes, other_shapes, strict=True)):
+    if tuple(a) != tuple(b):
+      path = jax.tree_util.tree_flatten_with_path(reference)[0][i][0]
+      raise ValueError(
+          f"Shape mismatch at {ref_name}{_path_str(path)}: {ref_name} has "
+          f"shape {tuple(a)} but {other_name} has shape {tuple(b)}. Shapes "
+          "must match exactly; nothing is broadcast."
+      )
+
+
+def broadcast_mask(mask: Any, params: Any) -> tuple[bool, ...]:
+  """Resolves a weight-decay mask (a bool pytree prefix of params) to flags.
+
+  Returns one Python bool per parameter leaf.
+  """
+  if callable(mask):
+    mask = mask(params)
+  try:
+    full = jax.tree.map(
+        lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "weight_decay_mask must be a pytree of bools with the structure of "
+        "params (or a prefix of it), or a callable returning one.\n"
+        f"  params: {jax.tree.structure(params)}\n"
+        f"  weight_decay_mask: {jax.tree.structure(mask)}\n({e})"
+    ) from None
+  flags = []
+  for path, m in jax.tree_util.tree_leaves_with_path(full):
+    if isinstance(m, (bool, np.bool_)):
+      flags.append(bool(m))
+    else:
+      raise TypeError(
+          f"weight_decay_mask{_path_str(path)} must be a Python bool; got "
+          f"{m!r}. Elementwise masks are not supported: split the leaf."
+      )
+  return tuple(flags)
