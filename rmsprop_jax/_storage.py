@@ -50,12 +50,17 @@ def storage_dtype(
   return jnp.dtype(jnp.complex128 if real.itemsize > 4 else jnp.complex64)
 
 
+def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:
+  """An array shaped (and placed) like ``param``, filled with ``value``."""
+  return jnp.full_like(param, value, dtype=dtype)
+
+
 def init_leaf(
     param: jax.Array, value: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
 ) -> jax.Array:
-  """A new state leaf shaped (and placed) like ``param``, filled with value."""
+  """A new state leaf for ``param``, filled with ``value``."""
   dtype = storage_dtype(param.dtype, state_dtype, is_nu=is_nu)
-  return jnp.full_like(param, value, dtype=dtype)
+  return filled_like(param, value, dtype)
 
 
 def load(stored: jax.Array, dtype: Any) -> jax.Array:
