@@ -52,17 +52,17 @@ class _Options:
 
 
 def _leaf_update(
-    g: jax.Array,
-    nu: Any,
-    mu: Any,
-    trace: Any,
-    p: jax.Array | None,
-    *,
-    lr: jax.Array,
-    hp: dict[str, jax.Array],
-    bias: jax.Array | None,
-    decays: bool,
-    opts: _Options,
+  g: jax.Array,
+  nu: Any,
+  mu: Any,
+  trace: Any,
+  p: jax.Array | None,
+  *,
+  lr: jax.Array,
+  hp: dict[str, jax.Array],
+  count: jax.Array,
+  decays: bool,
+  opts: _Options,
 ) -> tuple[jax.Array, Any, Any, Any]:
   """The RMSProp rule for one leaf; returns (update, nu, mu, trace)."""
   dtype = _storage.compute_dtype(g.dtype, _dtype_of(nu))
@@ -75,12 +75,14 @@ def _leaf_update(
   if opts.weight_decay == "coupled" and decays:
     g = g + hp["weight_decay"].astype(dtype) * p.astype(cdtype)
 
+  # Bias correction uses the step count after this update (k + 1).
+  bias = 1 - decay ** count.astype(dtype) if opts.bias_correction else None
   new_nu = (1 - decay) * _abs_sq(g) + decay * _storage.load(nu, dtype)
-  nu_hat = new_nu if bias is None else new_nu / bias.astype(dtype)
+  nu_hat = new_nu if bias is None else new_nu / bias
   new_mu = None
   if opts.centered:
     new_mu = (1 - decay) * g + decay * _storage.load(mu, dtype)
-    mu_hat = new_mu if bias is None else new_mu / bias.astype(dtype)
+    mu_hat = new_mu if bias is None else new_mu / bias
     # nu - |mu|^2 is a difference of two nearly equal numbers when the gradient
     # barely varies; rounding can make it negative and the root NaN. Clamp it.
     var = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
@@ -130,24 +132,20 @@ def _update_leaves(grads, nus, mus, traces, params, count, hp, opts: _Options):
   lr = jnp.asarray(0.0 if lr is None else lr)
   hp = {k: jnp.asarray(x) for k, x in hp.items()}
   new_count = optax.safe_increment(count)
-  bias = None
-  if opts.bias_correction:
-    decay = hp["decay"]
-    bias = 1 - decay ** new_count.astype(jnp.result_type(decay, jnp.float32))
   out = ([], [], [], [])
   for i, g in enumerate(grads):
     decays = opts.decay_leaf is None or opts.decay_leaf[i]
     u, nu, mu, tr = _leaf_update(
-        g,
-        nus[i],
-        mus[i] if opts.centered else None,
-        traces[i] if opts.momentum else None,
-        params[i] if params is not None else None,
-        lr=lr,
-        hp=hp,
-        bias=bias,
-        decays=decays,
-        opts=opts,
+      g,
+      nus[i],
+      mus[i] if opts.centered else None,
+      traces[i] if opts.momentum else None,
+      params[i] if params is not None else None,
+      lr=lr,
+      hp=hp,
+      count=new_count,
+      decays=decays,
+      opts=opts,
     )
     out_dtype = opts.out_dtypes[i] if opts.out_dtypes is not None else g.dtype
     out[0].append(u.astype(out_dtype))
@@ -160,16 +158,16 @@ def _update_leaves(grads, nus, mus, traces, params, count, hp, opts: _Options):
 
 
 def _make(
-    *,
-    learning_rate: Any,
-    decay: Any,
-    eps: Any,
-    initial_scale: Any,
-    momentum: Any,
-    weight_decay: Any,
-    weight_decay_mask: Any,
-    state_dtype: jnp.dtype | None,
-    opts: _Options,
+  *,
+  learning_rate: Any,
+  decay: Any,
+  eps: Any,
+  initial_scale: Any,
+  momentum: Any,
+  weight_decay: Any,
+  weight_decay_mask: Any,
+  state_dtype: jnp.dtype | None,
+  opts: _Options,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds the transformation from validated arguments."""
   hp: dict[str, Any] = {"decay": decay, "eps": eps}
@@ -185,86 +183,83 @@ def _make(
 
     def fill(value: Any, is_nu: bool) -> optax.Updates:
       return jax.tree.map(
-          lambda p: _storage.init_leaf(p, value, state_dtype, is_nu=is_nu),
-          params,
+        lambda p: _storage.init_leaf(p, value, state_dtype, is_nu=is_nu),
+        params,
       )
 
     return RMSPropState(
-        count=jnp.zeros([], jnp.int32),
-        nu=fill(initial_scale, True),
-        mu=fill(0.0, False) if opts.centered else None,
-        trace=fill(0.0, False) if opts.momentum else None,
+      count=jnp.zeros([], jnp.int32),
+      nu=fill(initial_scale, True),
+      mu=fill(0.0, False) if opts.centered else None,
+      trace=fill(0.0, False) if opts.momentum else None,
     )
 
   def update_fn(
-      updates: optax.Updates,
-      state: RMSPropState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: RMSPropState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, RMSPropState]:
     del extra_args
     if not isinstance(state, RMSPropState):
       raise TypeError(
-          f"state must be the RMSPropState returned by init; got "
-          f"{type(state).__name__}."
+        f"state must be the RMSPropState returned by init; got {type(state).__name__}."
       )
     grads, treedef = jax.tree.flatten(updates)
     nus = v.flatten_like(updates, state.nu, "updates", "state.nu")
     v.check_shapes(
-        updates,
-        [g.shape for g in grads],
-        [_storage.logical_shape(n) for n in nus],
-        "updates",
-        "state.nu",
+      updates,
+      [g.shape for g in grads],
+      [_storage.logical_shape(n) for n in nus],
+      "updates",
+      "state.nu",
     )
     mus = _optional_leaves(updates, state.mu, opts.centered, "mu", "centered")
-    traces = _optional_leaves(
-        updates, state.trace, opts.momentum, "trace", "momentum"
-    )
+    traces = _optional_leaves(updates, state.trace, opts.momentum, "trace", "momentum")
     leaves_p = None
     opts_now = opts
     if params is not None:
       leaves_p = v.flatten_like(updates, params, "updates", "params")
       v.check_shapes(
-          updates,
-          [g.shape for g in grads],
-          [jnp.shape(p) for p in leaves_p],
-          "updates",
-          "params",
+        updates,
+        [g.shape for g in grads],
+        [jnp.shape(p) for p in leaves_p],
+        "updates",
+        "params",
       )
       dtypes = tuple(_dtype_of(p) or jnp.result_type(p) for p in leaves_p)
       if any(a != g.dtype for a, g in zip(dtypes, grads, strict=True)):
         opts_now = dataclasses.replace(
-            opts_now, out_dtypes=tuple(jnp.dtype(d).name for d in dtypes)
+          opts_now, out_dtypes=tuple(jnp.dtype(d).name for d in dtypes)
         )
     if opts.weight_decay is not None:
       if params is None:
         raise ValueError(
-            "weight_decay is enabled (weight_decay="
-            f"{hp['weight_decay']!r}), so update needs params: call "
-            "update(grads, state, params). To use weight decay only through "
-            "inject_hyperparams without params, pass weight_decay=0.0 as a "
-            "static argument."
+          "weight_decay is enabled (weight_decay="
+          f"{hp['weight_decay']!r}), so update needs params: call "
+          "update(grads, state, params). To use weight decay only through "
+          "inject_hyperparams without params, pass weight_decay=0.0 as a "
+          "static argument."
         )
       if weight_decay_mask is not None:
         opts_now = dataclasses.replace(
-            opts_now, decay_leaf=v.broadcast_mask(weight_decay_mask, params)
+          opts_now, decay_leaf=v.broadcast_mask(weight_decay_mask, params)
         )
     (us, new_nus, new_mus, new_traces), count = _update_leaves(
-        grads,
-        nus,
-        mus,
-        traces,
-        leaves_p if opts.weight_decay is not None else None,
-        state.count,
-        hp,
-        opts_now,
+      grads,
+      nus,
+      mus,
+      traces,
+      leaves_p if opts.weight_decay is not None else None,
+      state.count,
+      hp,
+      opts_now,
     )
     new_state = RMSPropState(
-        count=count,
-        nu=treedef.unflatten(new_nus),
-        mu=treedef.unflatten(new_mus) if opts.centered else None,
-        trace=treedef.unflatten(new_traces) if opts.momentum else None,
+      count=count,
+      nu=treedef.unflatten(new_nus),
+      mu=treedef.unflatten(new_mus) if opts.centered else None,
+      trace=treedef.unflatten(new_traces) if opts.momentum else None,
     )
     return treedef.unflatten(us), new_state
 
@@ -272,36 +267,36 @@ def _make(
 
 
 def _optional_leaves(
-    updates: Any, tree: Any, enabled: bool, field: str, option: str
+  updates: Any, tree: Any, enabled: bool, field: str, option: str
 ) -> list[Any] | None:
   if not enabled:
     return None
   if tree is None:
     raise ValueError(
-        f"state.{field} is None but {option} is enabled: the state was "
-        f"created by an optimizer without {option}. Call init again with this "
-        "optimizer."
+      f"state.{field} is None but {option} is enabled: the state was "
+      f"created by an optimizer without {option}. Call init again with this "
+      "optimizer."
     )
   return v.flatten_like(updates, tree, "updates", f"state.{field}")
 
 
 def _check_common(decay: Any, eps: Any, initial_scale: Any) -> None:
-  v.check_range("decay", decay, low=0.0, high=1.0, high_open=True,
-                allowed="0 <= decay < 1")
+  v.check_range(
+    "decay", decay, low=0.0, high=1.0, high_open=True, allowed="0 <= decay < 1"
+  )
   v.check_range("eps", eps, low=0.0, allowed="eps >= 0")
-  v.check_range("initial_scale", initial_scale, low=0.0,
-                allowed="initial_scale >= 0")
+  v.check_range("initial_scale", initial_scale, low=0.0, allowed="initial_scale >= 0")
 
 
 def scale_by_rms(
-    decay: float | jax.Array = 0.9,
-    eps: float | jax.Array = 1e-8,
-    *,
-    initial_scale: float | jax.Array = 0.0,
-    eps_in_sqrt: bool = True,
-    centered: bool = False,
-    bias_correction: bool = False,
-    state_dtype: Any = None,
+  decay: float | jax.Array = 0.9,
+  eps: float | jax.Array = 1e-8,
+  *,
+  initial_scale: float | jax.Array = 0.0,
+  eps_in_sqrt: bool = True,
+  centered: bool = False,
+  bias_correction: bool = False,
+  state_dtype: Any = None,
 ) -> optax.GradientTransformation:
   r"""Divides updates by the root of an average of squared gradients.
 
@@ -337,50 +332,50 @@ def scale_by_rms(
   """
   _check_common(decay, eps, initial_scale)
   opts = _Options(
-      eps_in_sqrt=bool(eps_in_sqrt),
-      centered=bool(centered),
-      momentum=False,
-      nesterov=False,
-      bias_correction=bool(bias_correction),
-      lr_in_momentum=True,
-      maximize=False,
-      weight_decay=None,
-      decay_leaf=None,
-      schedule=None,
-      scale_only=True,
-      out_dtypes=None,
+    eps_in_sqrt=bool(eps_in_sqrt),
+    centered=bool(centered),
+    momentum=False,
+    nesterov=False,
+    bias_correction=bool(bias_correction),
+    lr_in_momentum=True,
+    maximize=False,
+    weight_decay=None,
+    decay_leaf=None,
+    schedule=None,
+    scale_only=True,
+    out_dtypes=None,
   )
   tx = _make(
-      learning_rate=None,
-      decay=decay,
-      eps=eps,
-      initial_scale=initial_scale,
-      momentum=None,
-      weight_decay=0.0,
-      weight_decay_mask=None,
-      state_dtype=v.check_state_dtype(state_dtype),
-      opts=opts,
+    learning_rate=None,
+    decay=decay,
+    eps=eps,
+    initial_scale=initial_scale,
+    momentum=None,
+    weight_decay=0.0,
+    weight_decay_mask=None,
+    state_dtype=v.check_state_dtype(state_dtype),
+    opts=opts,
   )
   return optax.GradientTransformation(tx.init, tx.update)
 
 
 def rmsprop(
-    learning_rate: optax.ScalarOrSchedule,
-    decay: float | jax.Array = 0.9,
-    eps: float | jax.Array = 1e-8,
-    *,
-    initial_scale: float | jax.Array = 0.0,
-    eps_in_sqrt: bool = True,
-    centered: bool = False,
-    momentum: float | jax.Array | None = None,
-    nesterov: bool = False,
-    bias_correction: bool = False,
-    weight_decay: float | jax.Array = 0.0,
-    decoupled_weight_decay: bool = False,
-    weight_decay_mask: Any = None,
-    lr_in_momentum: bool = True,
-    maximize: bool = False,
-    state_dtype: Any = None,
+  learning_rate: optax.ScalarOrSchedule,
+  decay: float | jax.Array = 0.9,
+  eps: float | jax.Array = 1e-8,
+  *,
+  initial_scale: float | jax.Array = 0.0,
+  eps_in_sqrt: bool = True,
+  centered: bool = False,
+  momentum: float | jax.Array | None = None,
+  nesterov: bool = False,
+  bias_correction: bool = False,
+  weight_decay: float | jax.Array = 0.0,
+  decoupled_weight_decay: bool = False,
+  weight_decay_mask: Any = None,
+  lr_in_momentum: bool = True,
+  maximize: bool = False,
+  state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The RMSProp optimizer, with every published variant as an option.
 
@@ -466,45 +461,48 @@ def rmsprop(
   """
   schedule = learning_rate if callable(learning_rate) else None
   if schedule is None:
-    v.check_range("learning_rate", learning_rate, low=0.0,
-                  allowed="learning_rate >= 0")
+    v.check_range("learning_rate", learning_rate, low=0.0, allowed="learning_rate >= 0")
   _check_common(decay, eps, initial_scale)
   if momentum is not None:
-    v.check_range("momentum", momentum, low=0.0, high=1.0, high_open=True,
-                  allowed="0 <= momentum < 1, or None")
+    v.check_range(
+      "momentum",
+      momentum,
+      low=0.0,
+      high=1.0,
+      high_open=True,
+      allowed="0 <= momentum < 1, or None",
+    )
   if nesterov and momentum is None:
     raise ValueError(
-        "nesterov=True needs momentum; got momentum=None. Pass e.g. "
-        "momentum=0.9."
+      "nesterov=True needs momentum; got momentum=None. Pass e.g. momentum=0.9."
     )
-  v.check_range("weight_decay", weight_decay, low=0.0,
-                allowed="weight_decay >= 0")
+  v.check_range("weight_decay", weight_decay, low=0.0, allowed="weight_decay >= 0")
   wd_value = v.concrete_value(weight_decay)
   wd_mode = None
   if wd_value is None or wd_value != 0.0:
     wd_mode = "decoupled" if decoupled_weight_decay else "coupled"
   opts = _Options(
-      eps_in_sqrt=bool(eps_in_sqrt),
-      centered=bool(centered),
-      momentum=momentum is not None,
-      nesterov=bool(nesterov),
-      bias_correction=bool(bias_correction),
-      lr_in_momentum=bool(lr_in_momentum),
-      maximize=bool(maximize),
-      weight_decay=wd_mode,
-      decay_leaf=None,
-      schedule=schedule,
-      scale_only=False,
-      out_dtypes=None,
+    eps_in_sqrt=bool(eps_in_sqrt),
+    centered=bool(centered),
+    momentum=momentum is not None,
+    nesterov=bool(nesterov),
+    bias_correction=bool(bias_correction),
+    lr_in_momentum=bool(lr_in_momentum),
+    maximize=bool(maximize),
+    weight_decay=wd_mode,
+    decay_leaf=None,
+    schedule=schedule,
+    scale_only=False,
+    out_dtypes=None,
   )
   return _make(
-      learning_rate=learning_rate,
-      decay=decay,
-      eps=eps,
-      initial_scale=initial_scale,
-      momentum=momentum,
-      weight_decay=weight_decay,
-      weight_decay_mask=weight_decay_mask,
-      state_dtype=v.check_state_dtype(state_dtype),
-      opts=opts,
+    learning_rate=learning_rate,
+    decay=decay,
+    eps=eps,
+    initial_scale=initial_scale,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    state_dtype=v.check_state_dtype(state_dtype),
+    opts=opts,
   )

@@ -36,13 +36,13 @@ def concrete_value(value: Any) -> float | None:
 
 
 def check_range(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    high_open: bool = False,
-    allowed: str,
+  name: str,
+  value: Any,
+  *,
+  low: float | None = None,
+  high: float | None = None,
+  high_open: bool = False,
+  allowed: str,
 ) -> None:
   """Checks a scalar hyper-parameter if it is concrete.
 
@@ -56,15 +56,14 @@ def check_range(
   """
   if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) != 0:
     raise ValueError(
-        f"{name} must be a scalar ({allowed}); got an array of shape "
-        f"{np.shape(value)}."
+      f"{name} must be a scalar ({allowed}); got an array of shape {np.shape(value)}."
     )
   if not isinstance(
-      value, (int, float, np.number, np.ndarray, jax.Array, jax.core.Tracer)
+    value, (int, float, np.number, np.ndarray, jax.Array, jax.core.Tracer)
   ):
     raise TypeError(
-        f"{name} must be a real number ({allowed}); got {value!r} of type "
-        f"{type(value).__name__}."
+      f"{name} must be a real number ({allowed}); got {value!r} of type "
+      f"{type(value).__name__}."
     )
   x = concrete_value(value)
   if x is None:
@@ -84,13 +83,13 @@ def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:
     dtype = jnp.dtype(state_dtype)
   except TypeError as e:
     raise ValueError(
-        f"state_dtype must be None or a floating dtype such as jnp.float32 or "
-        f"jnp.bfloat16; got {state_dtype!r}."
+      f"state_dtype must be None or a floating dtype such as jnp.float32 or "
+      f"jnp.bfloat16; got {state_dtype!r}."
     ) from e
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
-        f"state_dtype must be None or a floating dtype such as jnp.float32 or "
-        f"jnp.bfloat16; got {dtype.name}."
+      f"state_dtype must be None or a floating dtype such as jnp.float32 or "
+      f"jnp.bfloat16; got {dtype.name}."
     )
   return dtype
 
@@ -106,20 +105,17 @@ def check_param_leaves(params: Any, what: str = "params") -> None:
     if dtype is None:
       dtype = np.result_type(leaf)
     if not (
-        jnp.issubdtype(dtype, jnp.floating)
-        or jnp.issubdtype(dtype, jnp.complexfloating)
+      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)
     ):
       raise TypeError(
-          f"{what}{_path_str(path)} has dtype {jnp.dtype(dtype).name}; "
-          "RMSProp needs floating or complex leaves. Keep integer and boolean "
-          "leaves out of the optimised tree (e.g. with optax.masked or "
-          "eqx.filter), or set them to None."
+        f"{what}{_path_str(path)} has dtype {jnp.dtype(dtype).name}; "
+        "RMSProp needs floating or complex leaves. Keep integer and boolean "
+        "leaves out of the optimised tree (e.g. with optax.masked or "
+        "eqx.filter), or set them to None."
       )
 
 
-def flatten_like(
-    reference: Any, tree: Any, ref_name: str, tree_name: str
-) -> list[Any]:
+def flatten_like(reference: Any, tree: Any, ref_name: str, tree_name: str) -> list[Any]:
   """Flattens ``tree`` up to the structure of ``reference``.
 
   Raises:
@@ -130,19 +126,19 @@ def flatten_like(
     return treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        f"{tree_name} does not have the structure of {ref_name}.\n"
-        f"  {ref_name}: {treedef}\n"
-        f"  {tree_name}: {jax.tree.structure(tree)}\n"
-        f"({e})"
+      f"{tree_name} does not have the structure of {ref_name}.\n"
+      f"  {ref_name}: {treedef}\n"
+      f"  {tree_name}: {jax.tree.structure(tree)}\n"
+      f"({e})"
     ) from None
 
 
 def check_shapes(
-    reference: Any,
-    ref_shapes: Sequence[tuple[int, ...]],
-    other_shapes: Sequence[tuple[int, ...]],
-    ref_name: str,
-    other_name: str,
+  reference: Any,
+  ref_shapes: Sequence[tuple[int, ...]],
+  other_shapes: Sequence[tuple[int, ...]],
+  ref_name: str,
+  other_name: str,
 ) -> None:
   """Raises ValueError naming the first leaf whose shapes differ.
 
@@ -152,9 +148,9 @@ def check_shapes(
     if tuple(a) != tuple(b):
       path = jax.tree_util.tree_flatten_with_path(reference)[0][i][0]
       raise ValueError(
-          f"Shape mismatch at {ref_name}{_path_str(path)}: {ref_name} has "
-          f"shape {tuple(a)} but {other_name} has shape {tuple(b)}. Shapes "
-          "must match exactly; nothing is broadcast."
+        f"Shape mismatch at {ref_name}{_path_str(path)}: {ref_name} has "
+        f"shape {tuple(a)} but {other_name} has shape {tuple(b)}. Shapes "
+        "must match exactly; nothing is broadcast."
       )
 
 
@@ -166,15 +162,13 @@ def broadcast_mask(mask: Any, params: Any) -> tuple[bool, ...]:
   if callable(mask):
     mask = mask(params)
   try:
-    full = jax.tree.map(
-        lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params
-    )
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-        "weight_decay_mask must be a pytree of bools with the structure of "
-        "params (or a prefix of it), or a callable returning one.\n"
-        f"  params: {jax.tree.structure(params)}\n"
-        f"  weight_decay_mask: {jax.tree.structure(mask)}\n({e})"
+      "weight_decay_mask must be a pytree of bools with the structure of "
+      "params (or a prefix of it), or a callable returning one.\n"
+      f"  params: {jax.tree.structure(params)}\n"
+      f"  weight_decay_mask: {jax.tree.structure(mask)}\n({e})"
     ) from None
   flags = []
   for path, m in jax.tree_util.tree_leaves_with_path(full):
@@ -182,7 +176,7 @@ def broadcast_mask(mask: Any, params: Any) -> tuple[bool, ...]:
       flags.append(bool(m))
     else:
       raise TypeError(
-          f"weight_decay_mask{_path_str(path)} must be a Python bool; got "
-          f"{m!r}. Elementwise masks are not supported: split the leaf."
+        f"weight_decay_mask{_path_str(path)} must be a Python bool; got "
+        f"{m!r}. Elementwise masks are not supported: split the leaf."
       )
   return tuple(flags)

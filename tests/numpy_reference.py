@@ -1,0 +1,95 @@
+"""A float64 NumPy transcription of the RMSProp rule, independent of the package.
+
+It follows the rule as written in the README line by line, with plain NumPy and
+no JAX, so that tests compare the package against the specification rather than
+against itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Config:
+  learning_rate: float | Callable[[int], float] = 0.01
+  decay: float = 0.9
+  eps: float = 1e-8
+  initial_scale: float = 0.0
+  eps_in_sqrt: bool = True
+  centered: bool = False
+  momentum: float | None = None
+  nesterov: bool = False
+  bias_correction: bool = False
+  weight_decay: float = 0.0
+  decoupled_weight_decay: bool = False
+  mask: bool = True  # whether weight decay applies to this leaf
+  lr_in_momentum: bool = True
+  maximize: bool = False
+
+
+@dataclass
+class LeafState:
+  nu: np.ndarray
+  mu: np.ndarray
+  trace: np.ndarray
+  k: int = 0
+  extra: dict[str, Any] = field(default_factory=dict)
+
+
+def init(p: np.ndarray, c: Config) -> LeafState:
+  p = np.asarray(p)
+  return LeafState(
+    nu=np.full(p.shape, c.initial_scale, np.float64),
+    mu=np.zeros(p.shape, np.complex128 if np.iscomplexobj(p) else np.float64),
+    trace=np.zeros(p.shape, np.complex128 if np.iscomplexobj(p) else np.float64),
+  )
+
+
+def step(
+  g: np.ndarray, p: np.ndarray, st: LeafState, c: Config
+) -> tuple[np.ndarray, LeafState]:
+  """One RMSProp step for one leaf, in float64 (complex128 for complex)."""
+  cplx = np.iscomplexobj(g) or np.iscomplexobj(p)
+  wide = np.complex128 if cplx else np.float64
+  g = np.asarray(g).astype(wide)
+  p = np.asarray(p).astype(wide)
+  lr = c.learning_rate(st.k) if callable(c.learning_rate) else c.learning_rate
+  rho = c.decay
+
+  if c.maximize:
+    g = -g
+  if c.weight_decay and not c.decoupled_weight_decay and c.mask:
+    g = g + c.weight_decay * p
+
+  nu = rho * st.nu + (1 - rho) * np.abs(g) ** 2
+  mu = rho * st.mu + (1 - rho) * g
+  if c.bias_correction:
+    corr = 1 - rho ** (st.k + 1)
+    nu_hat, mu_hat = nu / corr, mu / corr
+  else:
+    nu_hat, mu_hat = nu, mu
+  if c.centered:
+    v = np.maximum(nu_hat - np.abs(mu_hat) ** 2, 0.0)
+  else:
+    v = nu_hat
+  d = np.sqrt(v + c.eps) if c.eps_in_sqrt else np.sqrt(v) + c.eps
+  s = g / d
+
+  trace = st.trace
+  if c.momentum is None:
+    u = -lr * s
+  elif c.lr_in_momentum:
+    trace = c.momentum * trace + lr * s
+    u = -(lr * s + c.momentum * trace) if c.nesterov else -trace
+  else:
+    trace = c.momentum * trace + s
+    u = -lr * (s + c.momentum * trace) if c.nesterov else -lr * trace
+
+  if c.weight_decay and c.decoupled_weight_decay and c.mask:
+    u = u - lr * c.weight_decay * p
+  return u, LeafState(nu=nu, mu=mu, trace=trace, k=st.k + 1)

@@ -1,0 +1,135 @@
+"""Bad input gets a clear error naming the argument or path, the value, the rule."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rmsprop_jax
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    (
+      dict(learning_rate=-0.1),
+      "learning_rate must satisfy learning_rate >= 0; got learning_rate=-0.1",
+    ),
+    (dict(decay=1.0), "decay must satisfy 0 <= decay < 1; got decay=1.0"),
+    (dict(decay=-0.5), "decay must satisfy 0 <= decay < 1; got decay=-0.5"),
+    (dict(decay=float("nan")), "decay must satisfy 0 <= decay < 1; got decay=nan"),
+    (dict(eps=-1e-8), "eps must satisfy eps >= 0; got eps=-1e-08"),
+    (dict(initial_scale=-1.0), "initial_scale must satisfy initial_scale >= 0"),
+    (
+      dict(momentum=1.0),
+      "momentum must satisfy 0 <= momentum < 1, or None; got momentum=1.0",
+    ),
+    (dict(momentum=-0.1), "got momentum=-0.1"),
+    (dict(nesterov=True), "nesterov=True needs momentum; got momentum=None"),
+    (
+      dict(weight_decay=-1e-4),
+      "weight_decay must satisfy weight_decay >= 0; got weight_decay=-0.0001",
+    ),
+    (dict(state_dtype=jnp.int8), "state_dtype must be None or a floating dtype"),
+    (dict(state_dtype="nonsense"), "state_dtype must be None or a floating dtype"),
+    (dict(decay=jnp.asarray(2.0)), "got decay=2.0"),
+    (dict(decay=np.float32(1.5)), "got decay=1.5"),
+    (dict(decay=jnp.ones(2)), "decay must be a scalar"),
+  ],
+  ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_bad_hyperparameters_raise_value_error(kwargs, message):
+  kwargs = dict(kwargs)
+  lr = kwargs.pop("learning_rate", 0.1)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    rmsprop_jax.rmsprop(lr, **kwargs)
+
+
+def test_non_number_hyperparameter_raises_type_error():
+  with pytest.raises(TypeError, match="decay must be a real number"):
+    rmsprop_jax.rmsprop(0.1, decay="0.9")
+
+
+def test_scale_by_rms_validates_like_rmsprop():
+  with pytest.raises(ValueError, match=re.escape("got decay=1.2")):
+    rmsprop_jax.scale_by_rms(decay=1.2)
+  with pytest.raises(ValueError, match="state_dtype"):
+    rmsprop_jax.scale_by_rms(state_dtype=jnp.int32)
+
+
+def test_traced_hyperparameters_are_not_checked():
+  def f(decay):
+    tx = rmsprop_jax.rmsprop(0.1, decay=decay)
+    return tx.update(jnp.ones(2), tx.init(jnp.ones(2)))[0]
+
+  jax.jit(f)(0.5)  # a tracer cannot be inspected; no error
+
+
+@pytest.mark.parametrize("bad", [jnp.arange(3), jnp.array([True, False])])
+def test_init_rejects_integer_and_bool_leaves_naming_the_path(bad):
+  params = {"layer": {"w": jnp.ones(3), "step": bad}}
+  with pytest.raises(TypeError, match=re.escape("params['layer']['step'] has dtype")):
+    rmsprop_jax.rmsprop(0.1).init(params)
+
+
+def test_update_rejects_a_different_tree_structure():
+  tx = rmsprop_jax.rmsprop(0.1)
+  state = tx.init({"a": jnp.ones(2), "b": jnp.ones(3)})
+  with pytest.raises(ValueError, match="does not have the structure of updates") as e:
+    tx.update({"a": jnp.ones(2)}, state)
+  assert "'b'" in str(e.value)
+
+
+def test_update_rejects_a_shape_mismatch_instead_of_broadcasting():
+  tx = rmsprop_jax.rmsprop(0.1)
+  state = tx.init({"w": jnp.ones((3, 1))})
+  with pytest.raises(ValueError) as e:
+    tx.update({"w": jnp.ones((3, 4))}, state)
+  msg = str(e.value)
+  assert "updates['w']" in msg and "(3, 4)" in msg and "(3, 1)" in msg
+
+
+def test_update_rejects_params_of_another_shape():
+  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1)
+  state = tx.init({"w": jnp.ones(3)})
+  with pytest.raises(ValueError, match=re.escape("params has shape (4,)")):
+    tx.update({"w": jnp.ones(3)}, state, {"w": jnp.ones(4)})
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_weight_decay_without_params_raises(decoupled):
+  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, decoupled_weight_decay=decoupled)
+  state = tx.init(jnp.ones(3))
+  with pytest.raises(ValueError, match="weight_decay is enabled .* needs params"):
+    tx.update(jnp.ones(3), state)
+
+
+def test_state_from_another_configuration_is_rejected():
+  plain = rmsprop_jax.rmsprop(0.1).init(jnp.ones(3))
+  with pytest.raises(ValueError, match="state.trace is None but momentum is enabled"):
+    rmsprop_jax.rmsprop(0.1, momentum=0.9).update(jnp.ones(3), plain)
+  with pytest.raises(TypeError, match="state must be the RMSPropState"):
+    rmsprop_jax.rmsprop(0.1).update(jnp.ones(3), optax.EmptyState())
+
+
+def test_weight_decay_mask_errors_name_the_problem():
+  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask={"x": True})
+  params = {"w": jnp.ones(3)}
+  with pytest.raises(ValueError, match="weight_decay_mask must be a pytree of bools"):
+    tx.update(params, tx.init(params), params)
+  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask={"w": 1.0})
+  with pytest.raises(
+    TypeError, match=re.escape("weight_decay_mask['w'] must be a Python bool")
+  ):
+    tx.update(params, tx.init(params), params)
+
+
+def test_zero_weight_decay_needs_no_params():
+  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.0)
+  updates, _ = tx.update(jnp.ones(3), tx.init(jnp.ones(3)))
+  assert updates.shape == (3,)
