@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ class RMSPropState(NamedTuple):
     trace: momentum buffer; ``None`` unless momentum is enabled.
   """
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   nu: optax.Updates
   mu: optax.Updates | None
   trace: optax.Updates | None
@@ -72,7 +72,10 @@ def _leaf_update(
   g = g.astype(cdtype)
   if opts.maximize:
     g = -g
-  if opts.weight_decay == "coupled" and decays:
+  # update_fn only enables weight decay together with params.
+  if not decays or opts.weight_decay is None:
+    p = None
+  if p is not None and opts.weight_decay == "coupled":
     g = g + hp["weight_decay"].astype(dtype) * p.astype(cdtype)
 
   # Bias correction uses the step count after this update (k + 1).
@@ -110,7 +113,7 @@ def _leaf_update(
       new_trace = m * old + s
       u = -(lr * (s + m * new_trace)) if opts.nesterov else -(lr * new_trace)
 
-  if opts.weight_decay == "decoupled" and decays:
+  if p is not None and opts.weight_decay == "decoupled":
     u = u - lr * hp["weight_decay"].astype(dtype) * p.astype(cdtype)
   return u, new_nu, new_mu, new_trace
 
@@ -131,7 +134,7 @@ def _update_leaves(grads, nus, mus, traces, params, count, hp, opts: _Options):
   lr = opts.schedule(count) if opts.schedule is not None else hp.get("lr")
   lr = jnp.asarray(0.0 if lr is None else lr)
   hp = {k: jnp.asarray(x) for k, x in hp.items()}
-  new_count = optax.safe_increment(count)
+  new_count = jnp.asarray(optax.safe_increment(count))
   out = ([], [], [], [])
   for i, g in enumerate(grads):
     decays = opts.decay_leaf is None or opts.decay_leaf[i]
@@ -178,7 +181,7 @@ def _make(
   if opts.weight_decay is not None:
     hp["weight_decay"] = weight_decay
 
-  def init_fn(params: optax.Params) -> RMSPropState:
+  def init_fn(params: optax.Params) -> optax.OptState:
     v.check_param_leaves(params)
 
     def fill(value: Any, is_nu: bool) -> optax.Updates:
@@ -187,26 +190,29 @@ def _make(
         params,
       )
 
-    return RMSPropState(
+    state = RMSPropState(
       count=jnp.zeros([], jnp.int32),
       nu=fill(initial_scale, True),
       mu=fill(0.0, False) if opts.centered else None,
       trace=fill(0.0, False) if opts.momentum else None,
     )
+    # optax's OptState alias has no room for the None fields of disabled options.
+    return cast(optax.OptState, state)
 
   def update_fn(
     updates: optax.Updates,
-    state: RMSPropState,
+    state: optax.OptState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, RMSPropState]:
+  ) -> tuple[optax.Updates, optax.OptState]:
     del extra_args
     if not isinstance(state, RMSPropState):
       raise TypeError(
         f"state must be the RMSPropState returned by init; got {type(state).__name__}."
       )
+    st = cast(RMSPropState, state)
     grads, treedef = jax.tree.flatten(updates)
-    nus = v.flatten_like(updates, state.nu, "updates", "state.nu")
+    nus = v.flatten_like(updates, st.nu, "updates", "state.nu")
     v.check_shapes(
       updates,
       [g.shape for g in grads],
@@ -214,8 +220,8 @@ def _make(
       "updates",
       "state.nu",
     )
-    mus = _optional_leaves(updates, state.mu, opts.centered, "mu", "centered")
-    traces = _optional_leaves(updates, state.trace, opts.momentum, "trace", "momentum")
+    mus = _optional_leaves(updates, st.mu, opts.centered, "mu", "centered")
+    traces = _optional_leaves(updates, st.trace, opts.momentum, "trace", "momentum")
     leaves_p = None
     opts_now = opts
     if params is not None:
@@ -251,7 +257,7 @@ def _make(
       mus,
       traces,
       leaves_p if opts.weight_decay is not None else None,
-      state.count,
+      st.count,
       hp,
       opts_now,
     )
@@ -261,7 +267,7 @@ def _make(
       mu=treedef.unflatten(new_mus) if opts.centered else None,
       trace=treedef.unflatten(new_traces) if opts.momentum else None,
     )
-    return treedef.unflatten(us), new_state
+    return treedef.unflatten(us), cast(optax.OptState, new_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

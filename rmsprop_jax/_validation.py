@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def concrete_value(value: Any) -> float | None:
@@ -22,7 +23,7 @@ def concrete_value(value: Any) -> float | None:
   Traced values (under ``jit``, ``vmap`` or ``inject_hyperparams`` inside a
   jitted step) cannot be inspected, so they are not checked.
   """
-  if isinstance(value, jax.core.Tracer):
+  if isinstance(value, Tracer):
     return None
   if isinstance(value, bool):
     return float(value)
@@ -58,9 +59,7 @@ def check_range(
     raise ValueError(
       f"{name} must be a scalar ({allowed}); got an array of shape {np.shape(value)}."
     )
-  if not isinstance(
-    value, (int, float, np.number, np.ndarray, jax.Array, jax.core.Tracer)
-  ):
+  if not isinstance(value, (int, float, np.number, np.ndarray, jax.Array, Tracer)):
     raise TypeError(
       f"{name} must be a real number ({allowed}); got {value!r} of type "
       f"{type(value).__name__}."
