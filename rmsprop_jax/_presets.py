@@ -1,0 +1,354 @@
+"""Framework-exact presets: each one maps a library's arguments onto ``rmsprop``.
+
+The four RMSProp implementations people port from disagree on five details, and
+each preset only fixes those details for :func:`rmsprop_jax.rmsprop`:
+
+=================  ==========  =====================  =============  ============
+library            ``nu`` at   ``eps``                momentum       weight decay
+                   start                              buffer holds
+=================  ==========  =====================  =============  ============
+PyTorch            0           outside the root       ``s``          L2 (coupled)
+Keras 3            0           inside the root        ``lr * s``     decoupled
+TF1                1           inside the root        ``lr * s``     none
+timm RMSpropTF     1           inside the root        either         either
+=================  ==========  =====================  =============  ============
+
+Every preset validates its arguments under the library's own names, so an error
+message speaks the language of the code being ported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from rmsprop_jax import _validation as v
+from rmsprop_jax._core import rmsprop
+
+Scalar = float | jax.Array
+
+
+def _check_lr(name: str, learning_rate: Any) -> None:
+  if not callable(learning_rate):
+    v.check_range(name, learning_rate, low=0.0, allowed=f"{name} >= 0")
+
+
+def _check_unit(name: str, value: Any, allowed: str) -> None:
+  v.check_range(name, value, low=0.0, high=1.0, high_open=True, allowed=allowed)
+
+
+def _check_non_negative(name: str, value: Any) -> None:
+  v.check_range(name, value, low=0.0, allowed=f"{name} >= 0")
+
+
+def _momentum_or_none(momentum: Scalar) -> Scalar | None:
+  # The libraries allocate no momentum buffer when momentum is 0, and neither
+  # do we for a plain number 0. A JAX array keeps its buffer even when it holds
+  # 0: optax.inject_hyperparams passes momentum as a concrete array to init but
+  # as a tracer to a jitted update, and both must agree on the state's shape.
+  # With m = 0 the buffer holds exactly the last step, so the result is equal.
+  if isinstance(momentum, (int, float, np.number)) and momentum == 0:
+    return None
+  return momentum
+
+
+def torch_rmsprop(
+  lr: optax.ScalarOrSchedule = 1e-2,
+  alpha: Scalar = 0.99,
+  eps: Scalar = 1e-8,
+  weight_decay: Scalar = 0.0,
+  momentum: Scalar = 0.0,
+  centered: bool = False,
+  maximize: bool = False,
+  *,
+  weight_decay_mask: Any = None,
+  state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""``torch.optim.RMSprop``, step for step.
+
+  .. math::
+
+    g &\leftarrow \pm g + \lambda\theta, \qquad
+      \nu \leftarrow \alpha\nu + (1-\alpha)g^2 \quad (\nu_0 = 0) \\
+    s &= g / (\sqrt{v} + \epsilon), \qquad
+      b \leftarrow m b + s, \qquad \theta \leftarrow \theta - \eta_k b
+
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). PyTorch puts
+  ``eps`` *outside* the root and keeps the learning rate *out of* the momentum
+  buffer, so a learning-rate change rescales the whole buffer at once.
+
+  Args:
+    lr: learning rate, or an optax schedule of the 0-based step. A PyTorch
+      ``LRScheduler`` stepped once after every ``optimizer.step()`` gives the
+      learning rate ``schedule(k)`` at step ``k``; e.g. ``StepLR(step_size=n,
+      gamma=g)`` is ``optax.exponential_decay(lr, n, g, staircase=True)``.
+    alpha: smoothing constant of the squared-gradient average, in ``[0, 1)``.
+    eps: added to the root of the average (outside it).
+    weight_decay: L2 penalty added to the gradient (coupled weight decay).
+    momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
+    centered: normalise by the estimated variance of the gradient.
+    maximize: ascend the objective instead of descending it.
+    weight_decay_mask: pytree of bools (or a callable returning one) selecting
+      the leaves that decay; the equivalent of a parameter group with
+      ``weight_decay=0``.
+    state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    when ``weight_decay`` is not 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, rmsprop_jax
+    >>> opt = rmsprop_jax.torch_rmsprop(lr=0.01, momentum=0.9)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([0.5, 0.5]), state, params)
+    >>> updates
+    Array([-0.10000002, -0.10000002], dtype=float32)
+  """
+  _check_lr("lr", lr)
+  _check_unit("alpha", alpha, "0 <= alpha < 1")
+  _check_non_negative("eps", eps)
+  _check_non_negative("weight_decay", weight_decay)
+  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  return rmsprop(
+    lr,
+    decay=alpha,
+    eps=eps,
+    eps_in_sqrt=False,
+    centered=centered,
+    momentum=_momentum_or_none(momentum),
+    lr_in_momentum=False,
+    weight_decay=weight_decay,
+    decoupled_weight_decay=False,
+    weight_decay_mask=weight_decay_mask,
+    maximize=maximize,
+    state_dtype=state_dtype,
+  )
+
+
+def keras_rmsprop(
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  rho: Scalar = 0.9,
+  momentum: Scalar = 0.0,
+  epsilon: Scalar = 1e-7,
+  centered: bool = False,
+  weight_decay: Scalar | None = None,
+  *,
+  weight_decay_mask: Any = None,
+  state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""``keras.optimizers.RMSprop`` (Keras 3), step for step.
+
+  .. math::
+
+    \nu &\leftarrow \rho\nu + (1-\rho)g^2 \quad (\nu_0 = 0), \qquad
+      s = g / \sqrt{v + \epsilon} \\
+    b &\leftarrow m b + \eta_k s, \qquad
+      \theta \leftarrow \theta - \eta_k\lambda\theta - b
+
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). Keras puts
+  ``epsilon`` *inside* the root, the learning rate *inside* the momentum
+  buffer, and applies weight decay to the variable itself (scaled by the
+  learning rate, before the step), never to the gradient.
+
+  The base-optimizer options map onto optax: ``global_clipnorm=c`` is
+  ``optax.chain(optax.clip_by_global_norm(c), keras_rmsprop(...))`` and
+  ``clipvalue=c`` is ``optax.clip(c)`` in the same place; a
+  ``LearningRateSchedule`` is called with the 0-based step, like an optax
+  schedule (see the README for each schedule's optax counterpart).
+
+  Args:
+    learning_rate: learning rate, or an optax schedule of the 0-based step.
+    rho: discounting factor of the squared-gradient average, in ``[0, 1)``.
+    momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
+    epsilon: added to the average inside the root.
+    centered: normalise by the estimated variance of the gradient.
+    weight_decay: decoupled weight-decay coefficient, or ``None`` for none.
+    weight_decay_mask: pytree of bools (or a callable returning one) selecting
+      the leaves that decay; ``False`` where Keras'
+      ``exclude_from_weight_decay`` would exclude the variable.
+    state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    when ``weight_decay`` is set.
+
+  Examples:
+    >>> import jax.numpy as jnp, rmsprop_jax
+    >>> opt = rmsprop_jax.keras_rmsprop(learning_rate=0.1)
+    >>> params = jnp.array(10.0)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(params, state, params)  # grad of p**2/2
+    >>> params + updates
+    Array(9.683772, dtype=float32)
+  """
+  _check_lr("learning_rate", learning_rate)
+  _check_unit("rho", rho, "0 <= rho < 1")
+  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  _check_non_negative("epsilon", epsilon)
+  if weight_decay is not None:
+    v.check_range(
+      "weight_decay", weight_decay, low=0.0, allowed="weight_decay >= 0, or None"
+    )
+  return rmsprop(
+    learning_rate,
+    decay=rho,
+    eps=epsilon,
+    eps_in_sqrt=True,
+    centered=centered,
+    momentum=_momentum_or_none(momentum),
+    lr_in_momentum=True,
+    weight_decay=0.0 if weight_decay is None else weight_decay,
+    decoupled_weight_decay=True,
+    weight_decay_mask=weight_decay_mask,
+    state_dtype=state_dtype,
+  )
+
+
+def tf1_rmsprop(
+  learning_rate: optax.ScalarOrSchedule,
+  decay: Scalar = 0.9,
+  momentum: Scalar = 0.0,
+  epsilon: Scalar = 1e-10,
+  centered: bool = False,
+  *,
+  state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""``tf.compat.v1.train.RMSPropOptimizer``, step for step.
+
+  .. math::
+
+    \nu &\leftarrow \rho\nu + (1-\rho)g^2 \quad (\nu_0 = 1), \qquad
+      s = g / \sqrt{v + \epsilon} \\
+    b &\leftarrow m b + \eta_k s, \qquad \theta \leftarrow \theta - b
+
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). The average
+  starts at **one**, so the first steps are about ``learning_rate * g`` rather
+  than ``learning_rate * sign(g) / sqrt(1 - decay)``; this is the optimizer of
+  the Inception and EfficientNet recipes, whose ``epsilon=1.0`` only makes
+  sense inside the root.
+
+  TF1 converts Python-float hyper-parameters to float32 tensors before casting
+  them to the variable's dtype, so float64 TF1 code really runs with
+  ``float(np.float32(x))``; pass those values here to reproduce it bit for
+  bit.
+
+  Args:
+    learning_rate: learning rate, or an optax schedule of the 0-based step
+      (TF1's ``global_step`` when ``apply_gradients`` increments it).
+    decay: discounting factor of the squared-gradient average, in ``[0, 1)``.
+    momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer (TF1 keeps
+      one, which then holds exactly the last step).
+    epsilon: added to the average inside the root.
+    centered: normalise by the estimated variance of the gradient.
+    state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax.numpy as jnp, rmsprop_jax
+    >>> opt = rmsprop_jax.tf1_rmsprop(learning_rate=0.1)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([0.5, 0.5]), state)
+    >>> updates
+    Array([-0.05198753, -0.05198753], dtype=float32)
+  """
+  _check_lr("learning_rate", learning_rate)
+  _check_unit("decay", decay, "0 <= decay < 1")
+  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  _check_non_negative("epsilon", epsilon)
+  return rmsprop(
+    learning_rate,
+    decay=decay,
+    eps=epsilon,
+    initial_scale=1.0,
+    eps_in_sqrt=True,
+    centered=centered,
+    momentum=_momentum_or_none(momentum),
+    lr_in_momentum=True,
+    state_dtype=state_dtype,
+  )
+
+
+def timm_rmsprop_tf(
+  lr: optax.ScalarOrSchedule = 1e-2,
+  alpha: Scalar = 0.9,
+  eps: Scalar = 1e-10,
+  weight_decay: Scalar = 0.0,
+  momentum: Scalar = 0.0,
+  centered: bool = False,
+  decoupled_decay: bool = False,
+  lr_in_momentum: bool = True,
+  *,
+  weight_decay_mask: Any = None,
+  state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""timm's ``RMSpropTF`` (TensorFlow semantics in PyTorch), step for step.
+
+  .. math::
+
+    g &\leftarrow g + \lambda\theta \text{ (coupled)}, \qquad
+      \nu \leftarrow \alpha\nu + (1-\alpha)g^2 \quad (\nu_0 = 1), \qquad
+      s = g / \sqrt{v + \epsilon} \\
+    b &\leftarrow m b + \eta_k s,\ \theta \leftarrow \theta - b
+      \text{ (lr in momentum), or }
+      b \leftarrow m b + s,\ \theta \leftarrow \theta - \eta_k b \\
+    \theta &\leftarrow \theta - \eta_k\lambda\theta \text{ (decoupled)}
+
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). The decoupled
+  decay is scaled by the learning rate, as timm's ``p *= 1 - lr * wd``.
+
+  Args:
+    lr: learning rate, or an optax schedule of the 0-based step (a PyTorch
+      ``LRScheduler`` stepped after every step, as for :func:`torch_rmsprop`).
+    alpha: smoothing constant of the squared-gradient average, in ``[0, 1)``.
+    eps: added to the average inside the root.
+    weight_decay: weight-decay coefficient.
+    momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
+    centered: normalise by the estimated variance of the gradient.
+    decoupled_decay: decay the parameters directly (``-lr * wd * p``) instead
+      of adding ``wd * p`` to the gradient.
+    lr_in_momentum: accumulate ``lr * s`` in the momentum buffer (TensorFlow)
+      instead of ``s`` (PyTorch).
+    weight_decay_mask: pytree of bools (or a callable returning one) selecting
+      the leaves that decay.
+    state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    when ``weight_decay`` is not 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, rmsprop_jax
+    >>> opt = rmsprop_jax.timm_rmsprop_tf(lr=0.1)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([0.5, 0.5]), state, params)
+    >>> updates
+    Array([-0.05198753, -0.05198753], dtype=float32)
+  """
+  _check_lr("lr", lr)
+  _check_unit("alpha", alpha, "0 <= alpha < 1")
+  _check_non_negative("eps", eps)
+  _check_non_negative("weight_decay", weight_decay)
+  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  return rmsprop(
+    lr,
+    decay=alpha,
+    eps=eps,
+    initial_scale=1.0,
+    eps_in_sqrt=True,
+    centered=centered,
+    momentum=_momentum_or_none(momentum),
+    lr_in_momentum=lr_in_momentum,
+    weight_decay=weight_decay,
+    decoupled_weight_decay=decoupled_decay,
+    weight_decay_mask=weight_decay_mask,
+    state_dtype=state_dtype,
+  )

@@ -1,0 +1,351 @@
+"""Runs the real libraries' RMSProp on the reference problem.
+
+Shared by ``generate.py`` (which records the trajectories) and the live tests
+in ``tests/test_presets.py`` (which run a library side by side with the preset
+when it is importable). Every library is imported inside its driver, so this
+module imports with NumPy alone.
+
+A *spec* describes one configuration (see FORMAT.md): ``kwargs`` holds the
+constructor arguments under the library's own names (which are also the
+preset's), ``schedule`` an optional learning-rate schedule, ``weight_decay_mask``
+an optional ``{leaf: bool}``, and ``global_clipnorm`` an optional Keras clip.
+Gradients come from one NumPy function, so every library sees the same problem
+and the recorded data does not depend on any library's autodiff.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# The reference problem: an ill-conditioned quadratic in ``w`` coupled to a
+# non-convex, non-quadratic term in ``b``.
+#   L = 1/2 sum(c w^2) + sum(log(1 + b^2) + 0.05 b^4) + 0.3 w_0 sum(b)
+#       + 0.5 sin(w_1 + w_2)
+CURVATURE = np.array([1.0, 10.0, 100.0])
+INITIAL_PARAMS = {
+  "w": np.array([1.0, -0.5, 0.25]),
+  "b": np.array([[0.8, -1.2], [0.3, 2.0]]),
+}
+LEAVES = ("w", "b")
+PROBLEM = (
+  "L = 1/2 sum(c * w**2) + sum(log(1 + b**2) + 0.05 * b**4) "
+  "+ 0.3 * w[0] * sum(b) + 0.5 * sin(w[1] + w[2]), c = (1, 10, 100); "
+  "gradients computed in float64 from the library's current parameters and "
+  "rounded to the case's dtype"
+)
+
+Spec = dict[str, Any]
+Trajectory = dict[str, Any]
+
+
+def gradient(params: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+  """The gradient of the reference problem, rounded to ``dtype``."""
+  w = np.asarray(params["w"], np.float64)
+  b = np.asarray(params["b"], np.float64)
+  gw = CURVATURE * w
+  gw[0] += 0.3 * b.sum()
+  gw[1:] += 0.5 * np.cos(w[1] + w[2])
+  gb = 2 * b / (1 + b**2) + 0.2 * b**3 + 0.3 * w[0]
+  return {"w": gw.astype(dtype), "b": gb.astype(dtype)}
+
+
+def _record(
+  steps: int,
+  dtype: str,
+  read_params: Callable[[], dict[str, np.ndarray]],
+  read_lr: Callable[[], float],
+  apply: Callable[[dict[str, np.ndarray]], None],
+) -> Trajectory:
+  """Runs ``steps`` steps, recording params, gradients and learning rates."""
+  params = [read_params()]
+  grads, lrs = [], []
+  for _ in range(steps):
+    lrs.append(float(read_lr()))
+    g = gradient(params[-1], dtype)
+    grads.append(g)
+    apply(g)
+    params.append(read_params())
+  return {
+    "params": {k: np.stack([p[k] for p in params]) for k in LEAVES},
+    "grads": {k: np.stack([g[k] for g in grads]) for k in LEAVES},
+    "lrs": np.asarray(lrs, np.float64),
+  }
+
+
+# --------------------------------------------------------------- PyTorch, timm
+
+
+def _torch_scheduler(schedule: dict[str, Any] | None, opt: Any) -> Any:
+  import torch
+
+  if schedule is None:
+    return None
+  kind = schedule["kind"]
+  if kind == "torch.StepLR":
+    return torch.optim.lr_scheduler.StepLR(
+      opt, step_size=schedule["step_size"], gamma=schedule["gamma"]
+    )
+  if kind == "torch.ExponentialLR":
+    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=schedule["gamma"])
+  if kind == "torch.LambdaLR":
+    rate = schedule["inverse_time"]
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 / (1 + rate * k))
+  raise ValueError(f"unknown PyTorch schedule {kind!r}")
+
+
+def _run_torch_optimizer(cls: Any, spec: Spec, dtype: str, steps: int) -> Trajectory:
+  import torch
+
+  params = {
+    k: torch.tensor(INITIAL_PARAMS[k].astype(dtype), requires_grad=True) for k in LEAVES
+  }
+  mask = spec.get("weight_decay_mask")
+  if mask is None:
+    groups: Any = [params[k] for k in LEAVES]
+  else:  # a parameter group with weight_decay=0 is PyTorch's mask
+    groups = [
+      {"params": [params[k] for k in LEAVES if mask[k]]},
+      {"params": [params[k] for k in LEAVES if not mask[k]], "weight_decay": 0.0},
+    ]
+  opt = cls(groups, **spec["kwargs"])
+  scheduler = _torch_scheduler(spec.get("schedule"), opt)
+
+  def apply(g: dict[str, np.ndarray]) -> None:
+    for k in LEAVES:
+      params[k].grad = torch.from_numpy(g[k].copy())
+    opt.step()
+    if scheduler is not None:
+      scheduler.step()
+
+  return _record(
+    steps,
+    dtype,
+    lambda: {k: params[k].detach().numpy().copy() for k in LEAVES},
+    lambda: opt.param_groups[0]["lr"],
+    apply,
+  )
+
+
+def run_torch(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``torch.optim.RMSprop`` on the reference problem."""
+  import torch
+
+  return _run_torch_optimizer(torch.optim.RMSprop, spec, dtype, steps)
+
+
+def timm_rmsprop_tf_class() -> Any:
+  """timm's ``RMSpropTF`` class.
+
+  ``import timm`` pulls in its models, which need torchvision; the optimizer
+  needs only torch. When the package import fails, the optimizer's module is
+  loaded from the installed timm without running the package ``__init__``.
+  """
+  try:
+    from timm.optim import RMSpropTF
+
+    return RMSpropTF
+  except ImportError:
+    pass
+  for name in ("timm.optim", "timm"):  # drop a half-imported package
+    sys.modules.pop(name, None)
+  spec = importlib.util.find_spec("timm")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError("timm is not installed")
+  root = list(spec.submodule_search_locations)[0]
+  for name, path in (("timm", root), ("timm.optim", f"{root}/optim")):
+    package = types.ModuleType(name)
+    package.__path__ = [path]
+    sys.modules[name] = package
+  return importlib.import_module("timm.optim.rmsprop_tf").RMSpropTF
+
+
+def run_timm(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """timm's ``RMSpropTF`` on the reference problem."""
+  return _run_torch_optimizer(timm_rmsprop_tf_class(), spec, dtype, steps)
+
+
+# ---------------------------------------------------------------------- Keras
+
+
+def _keras_schedule(schedule: dict[str, Any], dtype: str) -> Any:
+  import keras
+
+  s = keras.optimizers.schedules
+  kind = schedule["kind"]
+  # Given a Python float, CosineDecay computes in float32 even when floatx is
+  # float64; a NumPy scalar of the case's dtype keeps the float64 cases float64.
+  lr = np.dtype(dtype).type(schedule.get("initial_learning_rate", 0.0))
+  if kind == "keras.ExponentialDecay":
+    return s.ExponentialDecay(
+      lr,
+      schedule["decay_steps"],
+      schedule["decay_rate"],
+      staircase=schedule["staircase"],
+    )
+  if kind == "keras.PiecewiseConstantDecay":
+    values = [np.dtype(dtype).type(x) for x in schedule["values"]]
+    return s.PiecewiseConstantDecay(schedule["boundaries"], values)
+  if kind == "keras.CosineDecay":
+    return s.CosineDecay(
+      lr,
+      schedule["decay_steps"],
+      alpha=schedule["alpha"],
+    )
+  raise ValueError(f"unknown Keras schedule {kind!r}")
+
+
+def run_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``keras.optimizers.RMSprop`` (Keras 3) on the reference problem.
+
+  The caller chooses the backend (``KERAS_BACKEND``); float64 with the JAX
+  backend needs ``jax_enable_x64``. ``floatx`` is set to ``dtype`` while the
+  optimizer runs, so that its learning rate and schedules are computed in the
+  variables' precision, as a float64 Keras program would.
+  """
+  import keras
+
+  old_floatx = keras.config.floatx()
+  keras.config.set_floatx(dtype)
+  try:
+    variables = {
+      k: keras.Variable(INITIAL_PARAMS[k].astype(dtype), dtype=dtype, name=k)
+      for k in LEAVES
+    }
+    kwargs = dict(spec["kwargs"])
+    if spec.get("schedule") is not None:
+      kwargs["learning_rate"] = _keras_schedule(spec["schedule"], dtype)
+    if spec.get("global_clipnorm") is not None:
+      kwargs["global_clipnorm"] = spec["global_clipnorm"]
+    opt = keras.optimizers.RMSprop(**kwargs)
+    mask = spec.get("weight_decay_mask")
+    if mask is not None:
+      opt.exclude_from_weight_decay(
+        var_list=[variables[k] for k in LEAVES if not mask[k]]
+      )
+    var_list = [variables[k] for k in LEAVES]
+    opt.build(var_list)
+
+    def apply(g: dict[str, np.ndarray]) -> None:
+      opt.apply([keras.ops.convert_to_tensor(g[k]) for k in LEAVES], var_list)
+
+    return _record(
+      steps,
+      dtype,
+      # .value is the backend array: NumPy 2 warns on Variable.__array__.
+      lambda: {k: np.array(variables[k].value) for k in LEAVES},
+      lambda: np.asarray(getattr(opt.learning_rate, "value", opt.learning_rate)),
+      apply,
+    )
+  finally:
+    keras.config.set_floatx(old_floatx)
+
+
+# ------------------------------------------------------------------------ TF1
+
+
+def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf.compat.v1.train.RMSPropOptimizer`` (eager) on the reference problem.
+
+  Hyper-parameters (the defaults included) are passed as tensors of the
+  variables' dtype: given Python floats, TF1 rounds them to float32 before
+  casting, even for float64 variables. A spec with
+  ``"hyperparameter_dtype": "float32"`` passes Python floats instead, as most
+  TF1 code does, to record that rounding.
+  """
+  import tensorflow as tf
+
+  tdtype = tf.as_dtype(dtype)
+  python_floats = spec.get("hyperparameter_dtype") == "float32"
+
+  def constant(x: float) -> Any:
+    return x if python_floats else tf.constant(x, tdtype)
+
+  variables = {k: tf.Variable(INITIAL_PARAMS[k].astype(dtype)) for k in LEAVES}
+  global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  kwargs = dict(spec["kwargs"])
+  learning_rate: Any = constant(kwargs.pop("learning_rate"))
+  schedule = spec.get("schedule")
+  if schedule is not None:
+    kind = schedule["kind"]
+    if kind == "tf1.exponential_decay":
+      learning_rate = tf.compat.v1.train.exponential_decay(
+        learning_rate,
+        global_step,
+        schedule["decay_steps"],
+        tf.constant(schedule["decay_rate"], tdtype),
+        staircase=schedule["staircase"],
+      )
+    elif kind == "tf1.piecewise_constant":
+      learning_rate = tf.compat.v1.train.piecewise_constant(
+        global_step,
+        [tf.constant(b, tf.int64) for b in schedule["boundaries"]],
+        [tf.constant(x, tdtype) for x in schedule["values"]],
+      )
+    else:
+      raise ValueError(f"unknown TF1 schedule {kind!r}")
+  cls = tf.compat.v1.train.RMSPropOptimizer
+  defaults = inspect.signature(cls).parameters
+  hyper = {
+    k: constant(kwargs.get(k, defaults[k].default))
+    for k in ("decay", "momentum", "epsilon")
+  }
+  opt = cls(learning_rate, centered=kwargs.get("centered", False), **hyper)
+
+  def apply(g: dict[str, np.ndarray]) -> None:
+    opt.apply_gradients(
+      [(tf.constant(g[k]), variables[k]) for k in LEAVES],
+      global_step=global_step,
+    )
+
+  def read_lr() -> float:
+    lr = learning_rate() if callable(learning_rate) else learning_rate
+    # As the optimizer does: a tensor (float32 for a Python float), then cast.
+    return float(tf.cast(tf.convert_to_tensor(lr), tdtype).numpy())
+
+  return _record(
+    steps,
+    dtype,
+    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+    read_lr,
+    apply,
+  )
+
+
+RUNNERS: dict[str, Callable[[Spec, str, int], Trajectory]] = {
+  "torch": run_torch,
+  "keras": run_keras,
+  "tf1": run_tf1,
+  "timm": run_timm,
+}
+
+
+def library_versions(library: str) -> dict[str, str]:
+  """The versions of the packages a library's driver uses."""
+  from importlib.metadata import version
+
+  packages = {
+    "torch": ["torch"],
+    "keras": ["keras", "jax"],
+    "tf1": ["tensorflow-cpu", "tensorflow"],
+    "timm": ["timm", "torch"],
+  }[library]
+  found = {}
+  for package in packages:
+    try:
+      found[package] = version(package)
+    except Exception:  # noqa: BLE001 - a missing alternative package
+      continue
+  if library == "keras":
+    import keras
+
+    found["keras_backend"] = keras.backend.backend()
+  found["numpy"] = np.__version__
+  return found
