@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.core import Tracer
+from jax.sharding import NamedSharding, PartitionSpec
+from jax.typing import DTypeLike
 
 from rmsprop_jax import _storage
 from rmsprop_jax import _validation as v
@@ -128,21 +132,33 @@ def _dtype_of(stored: Any) -> Any:
   return getattr(stored, "dtype", None)
 
 
+_Leaves = list[Any]
+
+
 @functools.partial(jax.jit, static_argnames=("opts",), inline=True)
-def _update_leaves(grads, nus, mus, traces, params, count, hp, opts: _Options):
+def _update_leaves(
+  grads: list[jax.Array],
+  nus: _Leaves,
+  mus: _Leaves | None,
+  traces: _Leaves | None,
+  params: list[jax.Array] | None,
+  count: jax.Array,
+  hp: dict[str, Any],
+  opts: _Options,
+) -> tuple[tuple[list[jax.Array], _Leaves, _Leaves, _Leaves], jax.Array]:
   """Applies ``_leaf_update`` to flat lists of leaves, as one computation."""
   lr = opts.schedule(count) if opts.schedule is not None else hp.get("lr")
   lr = jnp.asarray(0.0 if lr is None else lr)
   hp = {k: jnp.asarray(x) for k, x in hp.items()}
   new_count = jnp.asarray(optax.safe_increment(count))
-  out = ([], [], [], [])
+  out: tuple[list[jax.Array], _Leaves, _Leaves, _Leaves] = ([], [], [], [])
   for i, g in enumerate(grads):
     decays = opts.decay_leaf is None or opts.decay_leaf[i]
     u, nu, mu, tr = _leaf_update(
       g,
       nus[i],
-      mus[i] if opts.centered else None,
-      traces[i] if opts.momentum else None,
+      mus[i] if mus is not None else None,
+      traces[i] if traces is not None else None,
       params[i] if params is not None else None,
       lr=lr,
       hp=hp,
@@ -153,9 +169,9 @@ def _update_leaves(grads, nus, mus, traces, params, count, hp, opts: _Options):
     out_dtype = opts.out_dtypes[i] if opts.out_dtypes is not None else g.dtype
     out[0].append(u.astype(out_dtype))
     out[1].append(_storage.store(nu, nus[i]))
-    if opts.centered:
+    if mus is not None:
       out[2].append(_storage.store(mu, mus[i]))
-    if opts.momentum:
+    if traces is not None:
       out[3].append(_storage.store(tr, traces[i]))
   return out, new_count
 
@@ -191,7 +207,7 @@ def _make(
       )
 
     state = RMSPropState(
-      count=jnp.zeros([], jnp.int32),
+      count=_replicated_count(params),
       nu=fill(initial_scale, True),
       mu=fill(0.0, False) if opts.centered else None,
       trace=fill(0.0, False) if opts.momentum else None,
@@ -243,9 +259,9 @@ def _make(
         raise ValueError(
           "weight_decay is enabled (weight_decay="
           f"{hp['weight_decay']!r}), so update needs params: call "
-          "update(grads, state, params). To use weight decay only through "
-          "inject_hyperparams without params, pass weight_decay=0.0 as a "
-          "static argument."
+          "update(grads, state, params). Under optax.inject_hyperparams "
+          "weight_decay is traced even when it is 0: pass params, or add "
+          "'weight_decay' to static_args."
         )
       if weight_decay_mask is not None:
         opts_now = dataclasses.replace(
@@ -272,18 +288,49 @@ def _make(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _replicated_count(params: optax.Params) -> jax.Array:
+  """A zero step count, replicated over the params' mesh when they have one.
+
+  Without this an eager ``init`` of mesh-sharded params leaves the scalar on
+  device 0, and a jitted step whose ``out_shardings`` mirror the state then
+  fails with "incompatible devices".
+  """
+  count = jnp.zeros([], jnp.int32)
+  for leaf in jax.tree.leaves(params):
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(leaf, Tracer) and isinstance(sharding, NamedSharding):
+      return jax.device_put(count, NamedSharding(sharding.mesh, PartitionSpec()))
+  return count
+
+
 def _optional_leaves(
   updates: Any, tree: Any, enabled: bool, field: str, option: str
 ) -> list[Any] | None:
   if not enabled:
     return None
-  if tree is None:
+  if tree is None and jax.tree.leaves(updates):
     raise ValueError(
       f"state.{field} is None but {option} is enabled: the state was "
       f"created by an optimizer without {option}. Call init again with this "
       "optimizer."
     )
+  if tree is None:  # init(None): an empty tree has no buffers to keep
+    return []
   return v.flatten_like(updates, tree, "updates", f"state.{field}")
+
+
+def _warn_if_centered_state_cancels(centered: bool, state_dtype: Any) -> None:
+  """Centred RMSProp computes nu - |mu|^2, which low-precision storage cancels."""
+  if centered and state_dtype is not None and jnp.dtype(state_dtype).itemsize < 4:
+    warnings.warn(
+      f"centered=True with state_dtype={jnp.dtype(state_dtype).name}: the "
+      "variance nu - |mu|^2 is a difference of two rounded numbers, and with "
+      "an 8-bit mantissa it rounds to 0 once the gradient's spread is below a "
+      "few percent of its mean, so steps grow towards lr * g / sqrt(eps). "
+      "Use float32 state for centred RMSProp.",
+      UserWarning,
+      stacklevel=3,
+    )
 
 
 def _check_common(decay: Any, eps: Any, initial_scale: Any) -> None:
@@ -302,7 +349,7 @@ def scale_by_rms(
   eps_in_sqrt: bool = True,
   centered: bool = False,
   bias_correction: bool = False,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Divides updates by the root of an average of squared gradients.
 
@@ -337,6 +384,8 @@ def scale_by_rms(
     Array([-0.3162277, -0.3162277], dtype=float32)
   """
   _check_common(decay, eps, initial_scale)
+  state_dtype = v.check_state_dtype(state_dtype)
+  _warn_if_centered_state_cancels(centered, state_dtype)
   opts = _Options(
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
@@ -359,7 +408,7 @@ def scale_by_rms(
     momentum=None,
     weight_decay=0.0,
     weight_decay_mask=None,
-    state_dtype=v.check_state_dtype(state_dtype),
+    state_dtype=state_dtype,
     opts=opts,
   )
   return optax.GradientTransformation(tx.init, tx.update)
@@ -381,7 +430,7 @@ def rmsprop(
   weight_decay_mask: Any = None,
   lr_in_momentum: bool = True,
   maximize: bool = False,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The RMSProp optimizer, with every published variant as an option.
 
@@ -487,6 +536,8 @@ def rmsprop(
   wd_mode = None
   if wd_value is None or wd_value != 0.0:
     wd_mode = "decoupled" if decoupled_weight_decay else "coupled"
+  state_dtype = v.check_state_dtype(state_dtype)
+  _warn_if_centered_state_cancels(centered, state_dtype)
   opts = _Options(
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
@@ -509,6 +560,6 @@ def rmsprop(
     momentum=momentum,
     weight_decay=weight_decay,
     weight_decay_mask=weight_decay_mask,
-    state_dtype=v.check_state_dtype(state_dtype),
+    state_dtype=state_dtype,
     opts=opts,
   )

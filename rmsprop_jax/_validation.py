@@ -78,6 +78,14 @@ def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:
   """Canonicalises ``state_dtype``; it must be a real floating dtype or None."""
   if state_dtype is None:
     return None
+  if isinstance(state_dtype, (jax.Array, np.ndarray, Tracer)):
+    # optax.inject_hyperparams takes a dtype (a callable) for a schedule and
+    # hands us its output, an array.
+    raise TypeError(
+      f"state_dtype must be a dtype such as jnp.bfloat16; got an array of "
+      f"dtype {state_dtype.dtype}. Under optax.inject_hyperparams pass "
+      "static_args=('state_dtype',)."
+    )
   try:
     dtype = jnp.dtype(state_dtype)
   except TypeError as e:

@@ -285,10 +285,8 @@ def test_half_precision_gradients_accumulate_in_float32(dtype):
 
 def test_bfloat16_state_halves_memory_and_tracks_float32():
   params = {"w": jnp.ones((64, 64)), "b": jnp.ones(64)}
-  full = rmsprop_jax.rmsprop(0.01, momentum=0.9, centered=True)
-  half = rmsprop_jax.rmsprop(
-    0.01, momentum=0.9, centered=True, state_dtype=jnp.bfloat16
-  )
+  full = rmsprop_jax.rmsprop(0.01, momentum=0.9)
+  half = rmsprop_jax.rmsprop(0.01, momentum=0.9, state_dtype=jnp.bfloat16)
   s_full, s_half = full.init(params), half.init(params)
   nbytes = lambda t: sum(x.nbytes for x in jax.tree.leaves(t))
   assert nbytes(s_half.nu) * 2 == nbytes(s_full.nu)

@@ -133,3 +133,22 @@ def test_zero_weight_decay_needs_no_params():
   tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.0)
   updates, _ = tx.update(jnp.ones(3), tx.init(jnp.ones(3)))
   assert updates.shape == (3,)
+
+
+@pytest.mark.parametrize("factory", [rmsprop_jax.rmsprop, rmsprop_jax.scale_by_rms])
+def test_centered_with_low_precision_state_warns(factory):
+  args = (0.1,) if factory is rmsprop_jax.rmsprop else ()
+  with pytest.warns(UserWarning, match="Use float32 state for centred RMSProp"):
+    factory(*args, centered=True, state_dtype=jnp.bfloat16)
+
+
+def test_state_dtype_array_from_inject_hyperparams_points_to_static_args():
+  with pytest.raises(TypeError, match=re.escape("static_args=('state_dtype',)")):
+    rmsprop_jax.rmsprop(0.1, state_dtype=jnp.zeros((), jnp.bfloat16))
+
+
+@pytest.mark.parametrize("options", [{"centered": True}, {"momentum": 0.9}])
+def test_empty_params_tree_is_accepted(options):
+  tx = rmsprop_jax.rmsprop(0.1, **options)
+  updates, state = tx.update(None, tx.init(None))
+  assert updates is None and int(state.count) == 1
