@@ -13,6 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
+
+from rmsprop_jax import _quantized
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -36,7 +39,7 @@ def compute_dtype(param_dtype: Any, state_dtype: jnp.dtype | None) -> jnp.dtype:
 
 
 def storage_dtype(
-    param_dtype: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
+  param_dtype: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
 ) -> jnp.dtype:
   """The dtype a state leaf is stored in.
 
@@ -51,27 +54,78 @@ def storage_dtype(
 
 
 def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:
-  """An array shaped (and placed) like ``param``, filled with ``value``."""
-  return jnp.full_like(param, value, dtype=dtype)
+  r"""An array shaped, and sharded, like ``param``, filled with ``value``.
+
+  A concrete ``param`` carries its sharding, which ``jnp.full_like`` copies.
+  A traced one (``jax.jit(opt.init)``) carries none on a mesh with ``Auto``
+  axes: a constant fill would then be laid out by the compiler's default,
+  replicated or on one device. So under tracing the fill is computed *from*
+  ``param``, elementwise, and sharding propagation gives it ``param``'s
+  layout (on ``Explicit`` axes the sharding is part of the type and flows
+  through the same ops):
+
+  .. math:: z = |\operatorname{Re}(p)| \cdot 0, \qquad
+    \text{out} = \operatorname{select}(\operatorname{isfinite}(z), z, 0)
+    + \text{value}
+
+  ``z`` is ``+0`` for a finite ``p`` and NaN for a NaN or infinite one, so
+  the select keeps non-finite parameters out of the state and the sum is
+  exactly ``value``, bit for bit (the ``abs`` keeps the sign of ``-0.0``
+  parameters out: XLA folds ``x + 0`` to ``x``). XLA keeps the multiply (it
+  may not fold ``x * 0`` for floats), so the dependency survives compilation.
+
+  Args:
+    param: the parameter leaf (any floating or complex dtype, any shape,
+      including scalars and zero-size arrays).
+    value: the fill value, a scalar.
+    dtype: the dtype of the result.
+
+  Returns:
+    An array of ``param``'s shape and sharding, ``dtype``, equal to ``value``.
+  """
+  dtype = jnp.dtype(dtype)
+  if not isinstance(param, Tracer):
+    return jnp.full_like(param, value, dtype=dtype)
+  zero = jnp.abs(jnp.real(param)) * 0
+  zero = jnp.where(jnp.isfinite(zero), zero, 0).astype(dtype)
+  return zero + jnp.asarray(value, dtype)
 
 
 def init_leaf(
-    param: jax.Array, value: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
-) -> jax.Array:
-  """A new state leaf for ``param``, filled with ``value``."""
+  param: jax.Array, value: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
+) -> Any:
+  """A new state leaf for ``param``, filled with ``value``.
+
+  With an 8-bit float ``state_dtype`` a leaf of at least
+  ``_quantized.MIN_SIZE`` elements becomes a block-quantized
+  :class:`~rmsprop_jax._quantized.QuantizedArray` (``nu`` stored as its root);
+  smaller leaves, and ``mu``/``trace`` of complex parameters, keep the default
+  full-precision storage. The fill is built by :func:`filled_like` and then
+  encoded, so the codes and scales inherit ``param``'s sharding.
+  """
+  if _quantized.is_float8(state_dtype):
+    real = is_nu or not jnp.issubdtype(param.dtype, jnp.complexfloating)
+    if real and _quantized.applies(tuple(param.shape), state_dtype):
+      filled = filled_like(param, value, jnp.float32)
+      return _quantized.encode(filled, state_dtype, "sqrt" if is_nu else "signed")
+    state_dtype = None
   dtype = storage_dtype(param.dtype, state_dtype, is_nu=is_nu)
   return filled_like(param, value, dtype)
 
 
-def load(stored: jax.Array, dtype: Any) -> jax.Array:
+def load(stored: Any, dtype: Any) -> jax.Array:
   """Reads a stored state leaf in the compute dtype ``dtype``."""
+  if isinstance(stored, _quantized.QuantizedArray):
+    return _quantized.decode(stored).astype(dtype)
   if jnp.issubdtype(stored.dtype, jnp.complexfloating):
     dtype = jnp.result_type(dtype, jnp.complex64)
   return stored.astype(dtype)
 
 
-def store(value: jax.Array, like: jax.Array) -> jax.Array:
+def store(value: jax.Array, like: Any) -> Any:
   """Writes ``value`` back in the storage layout of ``like``."""
+  if isinstance(like, _quantized.QuantizedArray):
+    return _quantized.encode(value, like.dtype, like.kind)
   return value.astype(like.dtype)
 
 
