@@ -428,7 +428,7 @@ def scale_by_rms(
     >>> state = opt.init(params)
     >>> updates, state = opt.update(jnp.array([0.5, 0.5]), state)
     >>> updates
-    Array([-0.3162277, -0.3162277], dtype=float32)
+    Array([-0.31622767, -0.31622767], dtype=float32)
   """
   _check_common(decay, eps, initial_scale)
   state_dtype = v.check_state_dtype(state_dtype)
@@ -555,7 +555,7 @@ def rmsprop(
     >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
     >>> updates, state = opt.update(grads, state, params)
     >>> updates["w"]
-    Array([-0.3162278,  0.3162278], dtype=float32)
+    Array([-0.31622773,  0.31622773], dtype=float32)
 
   References:
     Hinton, Lecture 6e of "Neural Networks for Machine Learning", 2012.

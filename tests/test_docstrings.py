@@ -1,0 +1,16 @@
+"""The ``Examples:`` in the public docstrings run and print what they show."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from rmsprop_jax import _core, _presets
+
+
+@pytest.mark.parametrize("module", [_core, _presets], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+  result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0
+  assert result.failed == 0
