@@ -22,18 +22,26 @@ Design:
   lands in the top binade, and the block keeps the whole float8 range below
   it (e4m3fn: ~2^17, e5m2: ~2^31), less at most one binade.
 * **Rounding.** ``a`` is rounded *stochastically* to the float8 mantissa
-  width, with random bits hashed from the value's own float32 bits:
-  unbiased, so that slow moving averages (``decay`` close to 1) still move
-  when a step changes them by less than half a float8 step (round-to-nearest
-  would freeze them, rounding up would never let them decay), and
-  deterministic, so that runs are bit-reproducible, eager equals jit and a
-  sharded run equals an unsharded one. A power-of-two scale makes ``a / 2^k``
-  then exact, except in the float8 subnormal range, where the "sqrt" kind
-  rounds *up* (a positive ``nu`` is never stored as zero: a flushed ``nu``
-  would turn the step into ``g / sqrt(eps)``) and the "signed" kind rounds
-  stochastically again. One store keeps the decoded ``nu`` at least
-  ``(8/9)^2 ≈ 0.79`` (e4m3fn) or ``(4/5)^2 = 0.64`` (e5m2) times its input:
-  one step grows by at most 1.13x (e4m3fn) or 1.25x (e5m2).
+  width, so that slow moving averages (``decay`` close to 1) still move when
+  a step changes them by less than half a float8 step (round-to-nearest
+  would freeze them, rounding up would never let them decay). The dither is
+  deterministic, ``frac(t φ + i ψ)`` for store counter ``t`` and element
+  index ``i`` (:func:`_dither`; the counter lives in the unused low mantissa
+  bits of each block's scale), so runs are bit-reproducible, eager equals
+  jit and a sharded run equals an unsharded one; and it is a Weyl sequence
+  over successive stores, so rounding errors of an element cancel over time
+  instead of adding up like a random walk. ``mu`` and ``trace`` round
+  unbiasedly. The root of ``nu`` rounds so that its *reciprocal* (the step)
+  is unbiased, plus an upward push proportional to how much ``nu`` shrank
+  (:func:`_round_root`): its log never drifts down, so errors do not
+  compound while ``nu`` decays, and ``nu`` still decays. A power-of-two
+  scale makes ``a / 2^k`` then exact, except in the float8 subnormal range,
+  where the "sqrt" kind rounds *up* (a positive ``nu`` is never stored as
+  zero: a flushed ``nu`` would turn the step into ``g / sqrt(eps)``) and
+  the "signed" kind rounds stochastically again. One store keeps the
+  decoded ``nu`` at least ``(8/9)^2 ≈ 0.79`` (e4m3fn) or ``(4/5)^2 = 0.64``
+  (e5m2) times its input: one step grows by at most 1.13x (e4m3fn) or 1.25x
+  (e5m2).
 * **Speed.** Rounding before scaling also makes the intermediate between
   the two passes over ``a`` (block maximum, then codes) exactly
   representable in bfloat16, half the memory traffic of float32.
@@ -171,22 +179,107 @@ def _mul_hash(bits: jax.Array) -> jax.Array:
   return bits * jnp.uint32(0x9E3779B1)
 
 
-def _round_mantissa(x: jax.Array, mbits: int) -> jax.Array:
+#: Low mantissa bits of a stored scale that hold the block's store counter.
+_COUNTER_MASK = (1 << 23) - 1
+
+
+def _dither(counter: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  r"""Per-element uint32 dither, a fraction ``u`` in [0, 1) times ``2^32``.
+
+  .. math:: u = \operatorname{frac}(t \varphi + i \psi)
+
+  with ``t`` the block's store counter, ``i`` the element's flat index,
+  ``φ = (√5 - 1) / 2`` and ``ψ`` another irrational-like constant (both as
+  32-bit fixed point). For one element, successive stores see the Weyl
+  sequence ``frac(t φ + c)``, the most evenly spread sequence in [0, 1):
+  over any ``n`` consecutive stores the number of dithers below a threshold
+  is ``n`` times the threshold give or take a few, not give or take
+  ``√n`` as with independent random bits. That is what keeps rounding
+  errors from compounding while ``nu`` decays. A dither hashed from the
+  value alone would be worse still: a value that repeats (``nu`` under a
+  zero or constant gradient) would round the same way at every store, and
+  the chain of roundings could stop at a fixed point, ``nu`` frozen.
+  """
+  index = jnp.zeros(shape, jnp.uint32)
+  for axis, n in enumerate(shape):
+    iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    index = index * jnp.uint32(n) + iota
+  per_block = counter * jnp.uint32(0x9E3779B9)
+  return _expand(per_block, shape) + index * jnp.uint32(0xC2B2AE35)
+
+
+def _round_mantissa(x: jax.Array, mbits: int, dither: jax.Array) -> jax.Array:
   """``x`` (float32) stochastically rounded to ``mbits`` mantissa bits.
 
-  The ``d = 23 - mbits`` low mantissa bits are cut after adding ``d`` random
-  bits, so the value rounds up with probability equal to the discarded
-  fraction (a carry moves into the exponent, as it should). The random bits
-  are the high bits of a hash of ``x``'s own bits: deterministic, and
-  unrelated to the fraction they round. The result has at most 8
-  significant bits, so bfloat16 holds it exactly.
+  The ``d = 23 - mbits`` low mantissa bits are cut after adding ``d`` bits
+  of ``dither`` (see :func:`_dither`), so the value rounds up for a share of
+  dithers equal to the discarded fraction ``f`` (a carry moves into the
+  exponent, as it should): unbiased, deterministic, and unrelated to the
+  fraction it rounds. The result has at most 8 significant bits, so
+  bfloat16 holds it exactly.
   """
   drop = 23 - mbits
   bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.uint32)
-  noise = _mul_hash(bits) >> (32 - drop)
+  noise = dither >> (32 - drop)
   rounded = (bits + noise) & jnp.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)
   out = jax.lax.bitcast_convert_type(rounded, jnp.float32)
   return jnp.where(x < 0, -out, out)
+
+
+#: ``κ``: the root of a shrinking ``nu`` also rounds up outright for a share
+#: ``κ (1 - nu_new / nu_old)`` of dithers (see :func:`_round_root`).
+ROOT_PUSH = 0.5
+
+
+def _round_root(
+  a: jax.Array, mbits: int, dither: jax.Array, nu_old: jax.Array | None
+) -> jax.Array:
+  r"""``a = sqrt(nu) >= 0`` (float32) rounded to ``mbits`` mantissa bits.
+
+  Between the grid points ``L <= a < H`` the result is ``H`` for a share
+
+  .. math:: p = \frac{a - L}{H - L} \cdot \frac{H}{a} + \text{push}
+
+  of dithers (capped at 1; ``a`` on the grid stays), else ``L``, where
+  ``push = κ max(0, 1 - a² / nu_old)``. The first
+  term makes the *reciprocal* unbiased, ``E[1/result] = 1/a``: the step
+  ``g / sqrt(nu)`` is right on average, and by Jensen
+  ``E[log result] >= log a``, so the ratio of the stored to the true root
+  has no downward drift however often it is re-rounded while ``nu`` decays.
+  (Rounding ``a`` itself unbiasedly drifts *down* in ``log``, by about
+  ``f (1 - f) s^2 / 2`` per store for grid spacing ``s``, and those losses
+  compound: the failure this replaces.) ``push`` adds an upward drift while
+  ``nu`` shrinks, with ``κ =`` :data:`ROOT_PUSH`: ``κ (1 - decay)`` per store under a zero gradient, so
+  it is proportional to the decay it guards, and about zero where the
+  gradient keeps ``nu`` steady (a constant push would add up over the
+  ``1 / (1 - decay)`` steps ``nu`` remembers and inflate it). With the
+  equidistributed dither of :func:`_dither`, the number of down-roundings
+  of an element over any run of stores stays close to its expectation, so
+  the stored root stays within a few grid steps of the true one instead of
+  wandering like a random walk.
+
+  Args:
+    a: the root, non-negative float32.
+    mbits: mantissa bits of the float8 format.
+    dither: uint32 dither from :func:`_dither`.
+    nu_old: the decoded ``nu`` this store replaces (``None``: no push).
+  """
+  drop = 23 - mbits
+  bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+  lo = jax.lax.bitcast_convert_type(
+    bits & jnp.uint32(~((1 << drop) - 1) & 0xFFFFFFFF), jnp.float32
+  )
+  binade = jax.lax.bitcast_convert_type(bits & jnp.uint32(0x7F800000), jnp.float32)
+  ulp = binade * jnp.float32(2.0**-mbits)
+  hi = lo + ulp
+  u = (dither >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)  # [0, 1)
+  # u < f H / a, without a division: u a (H - L) < (a - L) H.
+  up = u * a * ulp < (a - lo) * hi
+  if nu_old is not None:
+    # u >= 1 - push, without a division: (1 - u) nu_old < κ (nu_old - a²).
+    push = (1 - u) * nu_old < jnp.float32(ROOT_PUSH) * (nu_old - a * a)
+    up = up | (push & (a > lo))
+  return jnp.where(up, hi, lo)
 
 
 def _block_exponent(absmax: jax.Array, fmax: float) -> jax.Array:
@@ -208,7 +301,9 @@ def _pow2(k: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(((k + 127) << 23).astype(jnp.uint32), jnp.float32)
 
 
-def _to_codes(y: jax.Array, dtype: np.dtype, kind: Kind) -> jax.Array:
+def _to_codes(
+  y: jax.Array, dtype: np.dtype, kind: Kind, dither: jax.Array
+) -> jax.Array:
   """Float8 codes of ``|y| <= max(dtype)`` that has ``m`` mantissa bits.
 
   Normal float8 range (``|y| >= 2^emin``): ``y`` is on the grid, and its code
@@ -216,7 +311,7 @@ def _to_codes(y: jax.Array, dtype: np.dtype, kind: Kind) -> jax.Array:
   exponent re-biased, ``(bits >> (23 - m)) - ((127 + emin - 1) << m)``.
   Subnormal range: the grid step is ``2^(emin - m)``; "sqrt" (``nu``) rounds
   up, so a positive value never becomes zero, "signed" rounds
-  stochastically with a dither hashed from ``y``. The codes are assembled
+  stochastically with a dither hashed from ``y`` and ``dither``. The codes are assembled
   from integers: exact, and several times faster than XLA's conversion on
   CPU.
   """
@@ -229,7 +324,7 @@ def _to_codes(y: jax.Array, dtype: np.dtype, kind: Kind) -> jax.Array:
   if kind == "sqrt":
     sub = jnp.ceil(t)
   else:
-    u = (_mul_hash(bits) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    u = (_mul_hash(bits ^ dither) >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
     sub = jnp.floor(t + u)
   is_sub = a < jnp.float32(2.0**emin)
   top = int(np.array(info.max, dtype).view(np.uint8))
@@ -241,7 +336,9 @@ def _to_codes(y: jax.Array, dtype: np.dtype, kind: Kind) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("dtype", "kind"))
-def encode(value: jax.Array, dtype: Any, kind: Kind) -> QuantizedArray:
+def encode(
+  value: jax.Array, dtype: Any, kind: Kind, prev: QuantizedArray | None = None
+) -> QuantizedArray:
   """Quantizes ``value`` (the real state, any float dtype) block-wise.
 
   Three steps: (1) ``a`` (the value, or the root of ``nu``) is rounded
@@ -257,6 +354,10 @@ def encode(value: jax.Array, dtype: Any, kind: Kind) -> QuantizedArray:
     value: the state leaf in its compute dtype; non-negative for "sqrt".
     dtype: a float8 dtype from :data:`FLOAT8_DTYPES`.
     kind: "sqrt" to store ``sqrt(value)`` (for ``nu``), "signed" for the value.
+    prev: the leaf this one replaces, if any. Each block's scale carries a
+      store counter in its (otherwise zero) low mantissa bits; the new
+      counter is ``prev``'s plus one (0 without ``prev``) and sets the
+      dither of the rounding, so successive stores draw fresh ones.
 
   Returns:
     A :class:`QuantizedArray` with ``decode(result) ≈ value``.
@@ -270,8 +371,20 @@ def encode(value: jax.Array, dtype: Any, kind: Kind) -> QuantizedArray:
     raise ValueError("encode needs an array with at least one axis.")
   info = jnp.finfo(dtype)
   x = value.astype(jnp.float32)
+  nb = (*shape[:-1], num_blocks(shape))
+  counter = jnp.zeros(nb, jnp.uint32)
+  if prev is not None:
+    old = jax.lax.bitcast_convert_type(prev.scales, jnp.uint32)
+    counter = (old + 1) & jnp.uint32(_COUNTER_MASK)
+  dither = _dither(counter, shape)
   a = jnp.sqrt(jnp.maximum(x, 0.0)) if kind == "sqrt" else x
-  a = _round_mantissa(a, int(info.nmant)).astype(jnp.bfloat16)  # exact
+  if kind == "sqrt":
+    # nu_new / nu_old: decay under a zero gradient, ~1 under a steady one.
+    nu_old = None if prev is None else decode(prev)
+    a = _round_root(a, int(info.nmant), dither, nu_old)
+  else:
+    a = _round_mantissa(a, int(info.nmant), dither)
+  a = a.astype(jnp.bfloat16)  # exact
   a = _rows_view(a).astype(jnp.float32)
   absmax = _block_absmax(a)
   k = _block_exponent(absmax, float(info.max))
@@ -279,19 +392,32 @@ def encode(value: jax.Array, dtype: Any, kind: Kind) -> QuantizedArray:
   # float32 state could hold either (|a| < 1e-35): store zeros.
   ok = (absmax > 0) & (k >= -126) & (k <= 126)
   k = jnp.where(ok, k, 0)
-  codes = _to_codes(a * _pow2(-k)[..., None], dtype, kind)
+  codes = _to_codes(a * _pow2(-k)[..., None], dtype, kind, _rows_view(dither))
   codes = codes.reshape(*shape[:-1], -1)[..., : shape[-1]]
   return QuantizedArray(
     codes=codes,
-    scales=jnp.where(ok, _pow2(k), 0.0),
+    scales=_with_counter(jnp.where(ok, _pow2(k), 0.0), counter),
     shape=shape,
     kind=kind,
     dtype=dtype,
   )
 
 
+def _with_counter(scales: jax.Array, counter: jax.Array) -> jax.Array:
+  """Powers of two (or 0) with ``counter`` in their zero mantissa bits."""
+  bits = jax.lax.bitcast_convert_type(scales, jnp.uint32) | counter
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def scale_values(scales: jax.Array) -> jax.Array:
+  """The power-of-two scales themselves, without the store counter."""
+  bits = jax.lax.bitcast_convert_type(scales, jnp.uint32)
+  bits = bits & jnp.uint32(~_COUNTER_MASK & 0xFFFFFFFF)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 @jax.jit
 def decode(q: QuantizedArray) -> jax.Array:
   """The float32 value of a :class:`QuantizedArray` (``nu`` for "sqrt")."""
-  a = q.codes.astype(jnp.float32) * _expand(q.scales, q.shape)
+  a = q.codes.astype(jnp.float32) * _expand(scale_values(q.scales), q.shape)
   return a * a if q.kind == "sqrt" else a

@@ -125,7 +125,7 @@ def load(stored: Any, dtype: Any) -> jax.Array:
 def store(value: jax.Array, like: Any) -> Any:
   """Writes ``value`` back in the storage layout of ``like``."""
   if isinstance(like, _quantized.QuantizedArray):
-    return _quantized.encode(value, like.dtype, like.kind)
+    return _quantized.encode(value, like.dtype, like.kind, like)
   return value.astype(like.dtype)
 
 
