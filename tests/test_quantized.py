@@ -436,6 +436,31 @@ def test_float8_e5m2_and_e4m3fn_follow_the_float32_update_closely():
       assert np.median(err) < rtol / 3 and np.mean(err) < rtol
 
 
+@pytest.mark.parametrize(
+  "preset",
+  [
+    lambda **kw: rmsprop_jax.torch_rmsprop(lr=0.01, momentum=0.9, **kw),
+    lambda **kw: rmsprop_jax.keras_rmsprop(learning_rate=0.01, momentum=0.9, **kw),
+    lambda **kw: rmsprop_jax.tf1_rmsprop(0.01, momentum=0.9, **kw),
+    lambda **kw: rmsprop_jax.timm_rmsprop_tf(lr=0.01, momentum=0.9, **kw),
+  ],
+  ids=["torch", "keras", "tf1", "timm"],
+)
+def test_presets_take_8bit_state_and_follow_their_float32_run(preset):
+  params = _params()
+  runs = {}
+  for dtype in (None, jnp.float8_e4m3fn):
+    opt = preset(state_dtype=dtype)
+    state = opt.init(params)
+    for i in range(5):
+      u, state = opt.update(_grads(i), state, params)
+    runs[dtype] = u
+  assert isinstance(state.nu["w"], q.QuantizedArray)
+  want, got = np.asarray(runs[None]["w"]), np.asarray(runs[jnp.float8_e4m3fn]["w"])
+  err = np.abs(got - want) / np.abs(want).mean()
+  assert np.median(err) < 0.05 and np.mean(err) < 0.15
+
+
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_eager_and_jit_updates_are_bit_identical(dtype):
   params = _params()
