@@ -8,8 +8,7 @@ against itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,7 +37,6 @@ class LeafState:
   mu: np.ndarray
   trace: np.ndarray
   k: int = 0
-  extra: dict[str, Any] = field(default_factory=dict)
 
 
 def init(p: np.ndarray, c: Config) -> LeafState:
