@@ -43,16 +43,17 @@ class _Options:
 
   eps_in_sqrt: bool
   centered: bool
-  momentum: bool
-  nesterov: bool
   bias_correction: bool
-  lr_in_momentum: bool
-  maximize: bool
-  weight_decay: Literal["coupled", "decoupled"] | None
-  decay_leaf: tuple[bool, ...] | None  # per-leaf weight-decay mask
-  schedule: Callable[[jax.Array], Any] | None
-  scale_only: bool  # scale_by_rms: return g / denominator, no lr
-  out_dtypes: tuple[str, ...] | None  # when params' dtypes differ from grads'
+  momentum: bool = False
+  nesterov: bool = False
+  lr_in_momentum: bool = True
+  maximize: bool = False
+  weight_decay: Literal["coupled", "decoupled"] | None = None
+  schedule: Callable[[jax.Array], Any] | None = None
+  scale_only: bool = False  # scale_by_rms: return g / denominator, no lr
+  # Set per update call by update_fn:
+  decay_leaf: tuple[bool, ...] | None = None  # per-leaf weight-decay mask
+  out_dtypes: tuple[str, ...] | None = None  # when params' dtypes differ from grads'
 
 
 def _leaf_update(
@@ -225,15 +226,15 @@ def _update_leaves(
 
 def _make(
   *,
-  learning_rate: Any,
   decay: Any,
   eps: Any,
   initial_scale: Any,
-  momentum: Any,
-  weight_decay: Any,
-  weight_decay_mask: Any,
   state_dtype: jnp.dtype | None,
   opts: _Options,
+  learning_rate: Any = None,
+  momentum: Any = None,
+  weight_decay: Any = 0.0,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds the transformation from validated arguments."""
   hp: dict[str, Any] = {"decay": decay, "eps": eps}
@@ -275,10 +276,11 @@ def _make(
       )
     st = cast(RMSPropState, state)
     grads, treedef = jax.tree.flatten(updates)
+    grad_shapes = [g.shape for g in grads]
     nus = v.flatten_like(updates, st.nu, "updates", "state.nu")
     v.check_shapes(
       updates,
-      [g.shape for g in grads],
+      grad_shapes,
       [_storage.logical_shape(n) for n in nus],
       "updates",
       "state.nu",
@@ -291,7 +293,7 @@ def _make(
       leaves_p = v.flatten_like(updates, params, "updates", "params")
       v.check_shapes(
         updates,
-        [g.shape for g in grads],
+        grad_shapes,
         [jnp.shape(p) for p in leaves_p],
         "updates",
         "params",
@@ -376,16 +378,22 @@ def _warn_if_centered_state_cancels(centered: bool, state_dtype: Any) -> None:
       "few percent of its mean, so steps grow towards lr * g / sqrt(eps). "
       "Use float32 state for centred RMSProp.",
       UserWarning,
-      stacklevel=3,
+      stacklevel=4,  # _warn <- _check_common <- rmsprop <- caller
     )
 
 
-def _check_common(decay: Any, eps: Any, initial_scale: Any) -> None:
+def _check_common(
+  decay: Any, eps: Any, initial_scale: Any, centered: bool, state_dtype: Any
+) -> jnp.dtype | None:
+  """Checks the arguments rmsprop and scale_by_rms share; returns state_dtype."""
   v.check_range(
     "decay", decay, low=0.0, high=1.0, high_open=True, allowed="0 <= decay < 1"
   )
   v.check_range("eps", eps, low=0.0, allowed="eps >= 0")
   v.check_range("initial_scale", initial_scale, low=0.0, allowed="initial_scale >= 0")
+  state_dtype = v.check_state_dtype(state_dtype)
+  _warn_if_centered_state_cancels(centered, state_dtype)
+  return state_dtype
 
 
 def scale_by_rms(
@@ -430,31 +438,17 @@ def scale_by_rms(
     >>> updates
     Array([-0.31622767, -0.31622767], dtype=float32)
   """
-  _check_common(decay, eps, initial_scale)
-  state_dtype = v.check_state_dtype(state_dtype)
-  _warn_if_centered_state_cancels(centered, state_dtype)
+  state_dtype = _check_common(decay, eps, initial_scale, centered, state_dtype)
   opts = _Options(
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
-    momentum=False,
-    nesterov=False,
     bias_correction=bool(bias_correction),
-    lr_in_momentum=True,
-    maximize=False,
-    weight_decay=None,
-    decay_leaf=None,
-    schedule=None,
     scale_only=True,
-    out_dtypes=None,
   )
   tx = _make(
-    learning_rate=None,
     decay=decay,
     eps=eps,
     initial_scale=initial_scale,
-    momentum=None,
-    weight_decay=0.0,
-    weight_decay_mask=None,
     state_dtype=state_dtype,
     opts=opts,
   )
@@ -564,7 +558,7 @@ def rmsprop(
   schedule = learning_rate if callable(learning_rate) else None
   if schedule is None:
     v.check_range("learning_rate", learning_rate, low=0.0, allowed="learning_rate >= 0")
-  _check_common(decay, eps, initial_scale)
+  state_dtype = _check_common(decay, eps, initial_scale, centered, state_dtype)
   if momentum is not None:
     v.check_range(
       "momentum",
@@ -583,8 +577,6 @@ def rmsprop(
   wd_mode = None
   if wd_value is None or wd_value != 0.0:
     wd_mode = "decoupled" if decoupled_weight_decay else "coupled"
-  state_dtype = v.check_state_dtype(state_dtype)
-  _warn_if_centered_state_cancels(centered, state_dtype)
   opts = _Options(
     eps_in_sqrt=bool(eps_in_sqrt),
     centered=bool(centered),
@@ -594,10 +586,7 @@ def rmsprop(
     lr_in_momentum=bool(lr_in_momentum),
     maximize=bool(maximize),
     weight_decay=wd_mode,
-    decay_leaf=None,
     schedule=schedule,
-    scale_only=False,
-    out_dtypes=None,
   )
   return _make(
     learning_rate=learning_rate,
