@@ -142,13 +142,20 @@ def layout_case(
     out["init_eager_mismatch"] = mismatched(state_trees(eager_state), params)
     out["init_jit_mismatch"] = mismatched(state_trees(jit_state), params)
     out["init_ulps_jit_vs_eager"] = max_ulps(eager_state, jit_state)
-    # The scalar step counter: replicated over the params' mesh, so that
+    # The scalar step counter (kept for bias correction and schedules):
+    # replicated over the params' mesh, so that
     # jax.tree.map(lambda x: x.sharding, state) works as out_shardings.
+    counted = rmsprop_jax.rmsprop(
+      **{**cases.CONFIGS[config], "bias_correction": True}
+    ).init
     out["count_replicated_on_mesh"] = {
       name: isinstance(c.sharding, NamedSharding)
       and c.sharding.mesh == mesh
       and c.sharding.is_fully_replicated
-      for name, c in (("eager", eager_state.count), ("jit", jit_state.count))
+      for name, c in (
+        ("eager", counted(params).count),
+        ("jit", jax.jit(counted)(params).count),
+      )
     }
 
     out["update_collectives"] = n_collectives(
@@ -176,7 +183,7 @@ def shard_map_case(data: Any) -> dict[str, Any]:
   opt = rmsprop_jax.rmsprop(**cases.CONFIGS["momentum_centered"])
   params0, grads = data
   state_specs = rmsprop_jax.RMSPropState(
-    count=P(),  # pyright: ignore[reportArgumentType]
+    count=None,
     nu=pspecs,
     mu=pspecs,
     trace=pspecs,

@@ -147,15 +147,26 @@ def test_matches_float64_reference_under_x64(name, jit):
     out, expected, state, ref_states = _run(CASES[name], np.float64, jit)
     for u, e in zip(out, expected, strict=True):
       chex.assert_trees_all_close(u, e, rtol=1e-10, atol=1e-13)
-    chex.assert_trees_all_close(
-      state.nu,
-      jax.tree.map(
-        lambda s: s.nu, ref_states, is_leaf=lambda x: isinstance(x, ref.LeafState)
-      ),
-      rtol=1e-10,
-      atol=1e-13,
-    )
-    assert int(state.count) == len(out)
+    # The momentum buffer is kept with the update's sign: the negation of the
+    # libraries' (and the reference's) buffer.
+    for field, sign in (("nu", 1), ("mu", 1), ("trace", -1)):
+      if getattr(state, field) is None:
+        continue
+      chex.assert_trees_all_close(
+        getattr(state, field),
+        jax.tree.map(
+          lambda s, f=field, k=sign: k * getattr(s, f),
+          ref_states,
+          is_leaf=lambda x: isinstance(x, ref.LeafState),
+        ),
+        rtol=1e-10,
+        atol=1e-13,
+      )
+    tx_opts = CASES[name]
+    if tx_opts.get("learning_rate") == "schedule" or tx_opts.get("bias_correction"):
+      assert int(state.count) == len(out)
+    else:
+      assert state.count is None
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -223,7 +234,27 @@ def test_plain_state_holds_one_accumulator_per_parameter():
   n_params = sum(x.size for x in jax.tree.leaves(params))
   n_state = sum(x.size for x in jax.tree.leaves(state.nu))
   assert n_state == n_params
+  assert state.count is None  # nothing reads a step count
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(learning_rate=optax.linear_schedule(0.1, 0.0, 10)),
+    dict(learning_rate=0.1, bias_correction=True),
+  ],
+  ids=["schedule", "bias_correction"],
+)
+def test_options_that_read_the_step_count_keep_one(kwargs):
+  state = rmsprop_jax.rmsprop(**kwargs).init(jnp.ones(3))
   assert state.count.dtype == jnp.int32 and state.count.shape == ()
+
+
+def test_state_without_count_for_a_schedule_is_refused():
+  state = rmsprop_jax.rmsprop(0.1).init(jnp.ones(3))
+  tx = rmsprop_jax.rmsprop(optax.linear_schedule(0.1, 0.0, 10))
+  with pytest.raises(ValueError, match="state.count is None but a learning-rate"):
+    tx.update(jnp.ones(3), state)
 
 
 def test_enabled_options_allocate_their_buffers():
@@ -342,7 +373,7 @@ def test_hyperparameters_are_arguments_not_constants():
   state = tx.init(params)
   g = jax.tree.map(jnp.ones_like, params)
   _, state = tx.update(g, state, params)
-  size = _core._update_leaves._cache_size()
+  size = _core._update_leaves_jit._cache_size()
   for value in [0.05, 0.01, 0.2]:
     hp = dict(state.hyperparams)
     hp.update(
@@ -354,7 +385,7 @@ def test_hyperparameters_are_arguments_not_constants():
     )
     state = state._replace(hyperparams=hp)
     _, state = tx.update(g, state, params)
-  assert _core._update_leaves._cache_size() == size
+  assert _core._update_leaves_jit._cache_size() == size
 
 
 def test_vmap_over_learning_rates_matches_separate_runs():
@@ -377,7 +408,7 @@ def test_update_inlines_into_a_user_jit():
   params = {"w": jnp.ones((8, 8))}
   state = tx.init(params)
   jaxpr = jax.make_jaxpr(tx.update)(params, state, params)
-  # inline=True: the core's own jit leaves no nested call in the program.
+  # Traced, update calls the core directly: no nested call in the program.
   names = [e.params.get("name") for e in jaxpr.jaxpr.eqns]
   assert "_update_leaves" not in names
   assert any(e.primitive.name == "rsqrt" for e in jaxpr.jaxpr.eqns)

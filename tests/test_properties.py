@@ -185,7 +185,10 @@ def test_any_tree_any_options_keeps_structure_dtypes_and_finiteness(
 ):
   params, updates, state = _run_two_steps(config, spec_tree, seed, grad_scale)
   _check_leaf_invariants(params, updates, state, config)
-  assert int(state.count) == 2
+  if config["bias_correction"] or callable(config["learning_rate"]):
+    assert int(state.count) == 2
+  else:
+    assert state.count is None  # nothing reads it
   if config["state_dtype"] is not None:
     for nu in jax.tree.leaves(state.nu):
       assert nu.dtype == jnp.dtype(config["state_dtype"])
@@ -423,7 +426,7 @@ def test_bare_none_params_with_centered_or_momentum(options):
   # optax.rmsprop accepts an empty (None) tree; so should rmsprop_jax.
   opt = rmsprop_jax.rmsprop(0.1, **options)
   updates, state = opt.update(None, opt.init(None))
-  assert updates is None and int(state.count) == 1
+  assert updates is None and state.count is None
 
 
 @pytest.mark.parametrize("decoupled", [False, True])

@@ -161,7 +161,8 @@ def test_ten_thousand_noisy_steps_stay_finite_and_converge(name, state_dtype):
       assert np.all(np.isfinite(np.asarray(leaf, np.float64))), seed
     for nu in jax.tree.leaves(state.nu):
       assert nu.dtype == state_dtype and np.all(np.asarray(nu, np.float64) >= 0)
-    assert int(state.count) == STEPS
+    if state.count is not None:  # kept for bias correction only here
+      assert int(state.count) == STEPS
     # from loss0 ~ 180 to the noise floor (~1e-3): far below 1% of the start
     assert float(loss) < 1e-2 * float(loss0), (seed, float(loss0), float(loss))
 
