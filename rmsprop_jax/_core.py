@@ -540,7 +540,8 @@ def rmsprop(
     u &\leftarrow u - \alpha_k\lambda\theta \text{ (decoupled weight decay)}
 
   With Nesterov momentum the update uses the look-ahead buffer:
-  :math:`u = -(\alpha_k s + m b)` or :math:`u = -\alpha_k(s + m b)`.
+  :math:`u = -(\alpha_k s + m b)` or :math:`u = -\alpha_k(s + m b)`. The
+  state's ``trace`` holds :math:`-b`, the buffer with the update's sign.
 
   ``update`` is compiled once per configuration and takes the numeric
   hyper-parameters as arguments, so it is fast when called eagerly (e.g. in a

@@ -13,7 +13,8 @@ TF1                1           inside the root        ``lr * s``     none
 timm RMSpropTF     1           inside the root        either         either
 =================  ==========  =====================  =============  ============
 
-Every preset validates its arguments under the library's own names, so an error
+(The state's ``trace`` holds the negation of the library's buffer.) Every
+preset validates its arguments under the library's own names, so an error
 message speaks the language of the code being ported.
 """
 
