@@ -60,11 +60,10 @@ class _Options:
 
   @property
   def counts(self) -> bool:
-    """Whether the state keeps a step count: only schedules and bias correction
-    read it.
+    """Whether the state keeps a step count (schedules and bias correction).
 
-    Without them the count would be one more kernel to compile and run for
-    nothing (optax's rmsprop keeps none either).
+    Nothing else reads it, and it would be one more kernel to compile and run
+    (optax's rmsprop keeps none either).
     """
     return self.schedule is not None or self.bias_correction
 
@@ -255,7 +254,11 @@ _update_leaves_jit = jax.jit(_update_leaves, static_argnames=("opts",), inline=T
 
 
 def _under_jit_only(args: Any) -> bool:
-  """Whether ``args`` hold tracers, all of them a ``jit``'s (not vmap's...)."""
+  """Whether ``args`` hold tracers and all of them belong to a ``jit`` trace.
+
+  False for concrete arrays (an eager call) and for ``vmap``/``grad`` tracers,
+  which then go through ``_update_leaves_jit`` and stay one computation.
+  """
   tracers = [x for x in jax.tree.leaves(args) if isinstance(x, Tracer)]
   return bool(tracers) and all(isinstance(x, pe.DynamicJaxprTracer) for x in tracers)
 
