@@ -45,6 +45,17 @@ def _check_non_negative(name: str, value: Any) -> None:
   v.check_range(name, value, low=0.0, allowed=f"{name} >= 0")
 
 
+def _check_torch_args(
+  lr: Any, alpha: Any, eps: Any, weight_decay: Any, momentum: Any
+) -> None:
+  """The checks of ``torch.optim.RMSprop``'s arguments, which timm's shares."""
+  _check_lr("lr", lr)
+  _check_unit("alpha", alpha, "0 <= alpha < 1")
+  _check_non_negative("eps", eps)
+  _check_non_negative("weight_decay", weight_decay)
+  _check_unit("momentum", momentum, "0 <= momentum < 1")
+
+
 def _momentum_or_none(momentum: Scalar) -> Scalar | None:
   # The libraries allocate no momentum buffer when momentum is 0, and neither
   # do we for a plain number 0. A JAX array keeps its buffer even when it holds
@@ -110,11 +121,7 @@ def torch_rmsprop(
     >>> updates
     Array([-0.10000002, -0.10000002], dtype=float32)
   """
-  _check_lr("lr", lr)
-  _check_unit("alpha", alpha, "0 <= alpha < 1")
-  _check_non_negative("eps", eps)
-  _check_non_negative("weight_decay", weight_decay)
-  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  _check_torch_args(lr, alpha, eps, weight_decay, momentum)
   return rmsprop(
     lr,
     decay=alpha,
@@ -334,11 +341,7 @@ def timm_rmsprop_tf(
     >>> updates
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
-  _check_lr("lr", lr)
-  _check_unit("alpha", alpha, "0 <= alpha < 1")
-  _check_non_negative("eps", eps)
-  _check_non_negative("weight_decay", weight_decay)
-  _check_unit("momentum", momentum, "0 <= momentum < 1")
+  _check_torch_args(lr, alpha, eps, weight_decay, momentum)
   return rmsprop(
     lr,
     decay=alpha,
