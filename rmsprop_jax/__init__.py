@@ -1,21 +1,25 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
-from rmsprop_jax._core import RMSPropState, rmsprop, scale_by_rms
 from rmsprop_jax._presets import (
   keras_rmsprop,
   tf1_rmsprop,
+  tf_keras_legacy_rmsprop,
   timm_rmsprop_tf,
   torch_rmsprop,
 )
+from rmsprop_jax._quantized import QuantizedArray
+from rmsprop_jax._transform import RMSPropState, rmsprop, scale_by_rms
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "QuantizedArray",
   "RMSPropState",
   "keras_rmsprop",
   "rmsprop",
   "scale_by_rms",
   "tf1_rmsprop",
+  "tf_keras_legacy_rmsprop",
   "timm_rmsprop_tf",
   "torch_rmsprop",
 ]

@@ -1,21 +1,8 @@
-"""Framework-exact presets: each one maps a library's arguments onto ``rmsprop``.
+"""Framework-exact presets: each maps a library's arguments onto the one builder.
 
-The four RMSProp implementations people port from disagree on five details, and
-each preset only fixes those details for :func:`rmsprop_jax.rmsprop`:
-
-=================  ==========  =====================  =============  ============
-library            ``nu`` at   ``eps``                momentum       weight decay
-                   start                              buffer holds
-=================  ==========  =====================  =============  ============
-PyTorch            0           outside the root       ``s``          L2 (coupled)
-Keras 3            0           inside the root        ``lr * s``     decoupled
-TF1                1           inside the root        ``lr * s``     none
-timm RMSpropTF     1           inside the root        either         either
-=================  ==========  =====================  =============  ============
-
-(The state's ``trace`` holds the negation of the library's buffer.) Every
-preset validates its arguments under the library's own names, so an error
-message speaks the language of the code being ported.
+Every preset checks its arguments under the library's own names, so an error
+speaks the language of the code being ported. The porting guide in the
+documentation tabulates what each library does differently.
 """
 
 from __future__ import annotations
@@ -26,34 +13,17 @@ import jax
 import numpy as np
 import optax
 
-from rmsprop_jax import _validation as v
-from rmsprop_jax._core import rmsprop
+from rmsprop_jax import _transform
+from rmsprop_jax._validation import Names
 
 Scalar = float | jax.Array
 
-
-def _check_lr(name: str, learning_rate: Any) -> None:
-  if not callable(learning_rate):
-    v.check_range(name, learning_rate, low=0.0, allowed=f"{name} >= 0")
-
-
-def _check_unit(name: str, value: Any, allowed: str) -> None:
-  v.check_range(name, value, low=0.0, high=1.0, high_open=True, allowed=allowed)
-
-
-def _check_non_negative(name: str, value: Any) -> None:
-  v.check_range(name, value, low=0.0, allowed=f"{name} >= 0")
-
-
-def _check_torch_args(
-  lr: Any, alpha: Any, eps: Any, weight_decay: Any, momentum: Any
-) -> None:
-  """The checks of ``torch.optim.RMSprop``'s arguments, which timm's shares."""
-  _check_lr("lr", lr)
-  _check_unit("alpha", alpha, "0 <= alpha < 1")
-  _check_non_negative("eps", eps)
-  _check_non_negative("weight_decay", weight_decay)
-  _check_unit("momentum", momentum, "0 <= momentum < 1")
+_TORCH = Names({"learning_rate": "lr", "decay": "alpha"})
+_KERAS = Names({"decay": "rho", "eps": "epsilon"}, frozenset({"weight_decay"}))
+_TF1 = Names({"eps": "epsilon"})
+_TIMM = Names(
+  {"learning_rate": "lr", "decay": "alpha", "decoupled_weight_decay": "decoupled_decay"}
+)
 
 
 def _momentum_or_none(momentum: Scalar) -> Scalar | None:
@@ -121,9 +91,9 @@ def torch_rmsprop(
     >>> updates
     Array([-0.10000002, -0.10000002], dtype=float32)
   """
-  _check_torch_args(lr, alpha, eps, weight_decay, momentum)
-  return rmsprop(
-    lr,
+  return _transform.build(
+    _TORCH,
+    learning_rate=lr,
     decay=alpha,
     eps=eps,
     eps_in_sqrt=False,
@@ -194,16 +164,9 @@ def keras_rmsprop(
     >>> params + updates
     Array(9.683772, dtype=float32)
   """
-  _check_lr("learning_rate", learning_rate)
-  _check_unit("rho", rho, "0 <= rho < 1")
-  _check_unit("momentum", momentum, "0 <= momentum < 1")
-  _check_non_negative("epsilon", epsilon)
-  if weight_decay is not None:
-    v.check_range(
-      "weight_decay", weight_decay, low=0.0, allowed="weight_decay >= 0, or None"
-    )
-  return rmsprop(
-    learning_rate,
+  return _transform.build(
+    _KERAS,
+    learning_rate=learning_rate,
     decay=rho,
     eps=epsilon,
     eps_in_sqrt=True,
@@ -267,12 +230,9 @@ def tf1_rmsprop(
     >>> updates
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
-  _check_lr("learning_rate", learning_rate)
-  _check_unit("decay", decay, "0 <= decay < 1")
-  _check_unit("momentum", momentum, "0 <= momentum < 1")
-  _check_non_negative("epsilon", epsilon)
-  return rmsprop(
-    learning_rate,
+  return _transform.build(
+    _TF1,
+    learning_rate=learning_rate,
     decay=decay,
     eps=epsilon,
     initial_scale=1.0,
@@ -292,8 +252,11 @@ def timm_rmsprop_tf(
   momentum: Scalar = 0.0,
   centered: bool = False,
   decoupled_decay: bool = False,
+  corrected_weight_decay: bool = False,
   lr_in_momentum: bool = True,
+  caution: bool = False,
   *,
+  max_lr: Scalar | None = None,
   weight_decay_mask: Any = None,
   state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -307,10 +270,14 @@ def timm_rmsprop_tf(
     b &\leftarrow m b + \eta_k s,\ \theta \leftarrow \theta - b
       \text{ (lr in momentum), or }
       b \leftarrow m b + s,\ \theta \leftarrow \theta - \eta_k b \\
-    \theta &\leftarrow \theta - \eta_k\lambda\theta \text{ (decoupled)}
+    \theta &\leftarrow \theta - \eta_k\lambda\theta \text{ (decoupled), or }
+      \theta - (\eta_k^2 / \eta_{\max})\lambda\theta \text{ (corrected)}
 
-  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). The decoupled
-  decay is scaled by the learning rate, as timm's ``p *= 1 - lr * wd``.
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). With
+  ``caution`` the step taken from the buffer is zeroed where it disagrees in
+  sign with the gradient and rescaled by the leaf's share of kept entries; the
+  buffer itself is kept whole. As in timm, ``caution`` acts only with momentum
+  and ``corrected_weight_decay`` only with ``decoupled_decay``.
 
   Args:
     lr: learning rate, or an optax schedule of the 0-based step (a PyTorch
@@ -322,8 +289,14 @@ def timm_rmsprop_tf(
     centered: normalise by the estimated variance of the gradient.
     decoupled_decay: decay the parameters directly (``-lr * wd * p``) instead
       of adding ``wd * p`` to the gradient.
+    corrected_weight_decay: scale the decoupled decay by ``lr**2 / max_lr``
+      instead of ``lr``.
     lr_in_momentum: accumulate ``lr * s`` in the momentum buffer (TensorFlow)
       instead of ``s`` (PyTorch).
+    caution: Cautious-optimizer masking of the momentum step.
+    max_lr: what timm divides by for corrected weight decay, the ``lr`` the
+      optimizer was built with; defaults to a constant ``lr``, and is required
+      when ``lr`` is a schedule.
     weight_decay_mask: pytree of bools (or a callable returning one) selecting
       the leaves that decay.
     state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
@@ -341,18 +314,91 @@ def timm_rmsprop_tf(
     >>> updates
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
-  _check_torch_args(lr, alpha, eps, weight_decay, momentum)
-  return rmsprop(
-    lr,
+  m = _momentum_or_none(momentum)
+  corrected = bool(corrected_weight_decay and decoupled_decay)
+  return _transform.build(
+    _TIMM,
+    learning_rate=lr,
     decay=alpha,
     eps=eps,
     initial_scale=1.0,
     eps_in_sqrt=True,
     centered=centered,
-    momentum=_momentum_or_none(momentum),
+    momentum=m,
     lr_in_momentum=lr_in_momentum,
+    caution=bool(caution) and m is not None,
     weight_decay=weight_decay,
     decoupled_weight_decay=decoupled_decay,
+    corrected_weight_decay=corrected,
+    max_lr=max_lr if corrected or not corrected_weight_decay else None,
     weight_decay_mask=weight_decay_mask,
+    state_dtype=state_dtype,
+  )
+
+
+def tf_keras_legacy_rmsprop(
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  rho: Scalar = 0.9,
+  momentum: Scalar = 0.0,
+  epsilon: Scalar = 1e-7,
+  centered: bool = False,
+  *,
+  state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""``tf_keras.optimizers.legacy.RMSprop``: TF 2.0–2.10's Keras RMSprop.
+
+  Two kernels behind one name. Without momentum, ``epsilon`` sits *outside*
+  the root; with momentum, TF's fused kernel puts it *inside* and the learning
+  rate inside the buffer:
+
+  .. math::
+
+    \nu &\leftarrow \rho\nu + (1-\rho)g^2 \quad (\nu_0 = 0) \\
+    \theta &\leftarrow \theta - \eta_k g / (\sqrt{v} + \epsilon)
+      \text{ without momentum} \\
+    b &\leftarrow m b + \eta_k g / \sqrt{v + \epsilon},\quad
+      \theta \leftarrow \theta - b \text{ with momentum}
+
+  with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). Like TF, a
+  momentum that is an array (a traced value, or any value under
+  ``optax.inject_hyperparams``) selects the momentum kernel even when it is 0;
+  list ``momentum`` in ``static_args`` to keep the other one.
+
+  The optimizer holds ``learning_rate``, ``rho`` and ``momentum`` in float32
+  variables, even for float64 weights, so a float64 program really runs with
+  ``float(np.float32(x))``: pass those values here to reproduce it bit for bit
+  (``epsilon`` is converted to the weights' dtype directly).
+
+  Args:
+    learning_rate: learning rate, or an optax schedule of the 0-based step
+      (a ``LearningRateSchedule`` is called with ``optimizer.iterations``).
+    rho: discounting factor of the squared-gradient average, in ``[0, 1)``.
+    momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
+    epsilon: added to the root, or to the average inside it with momentum.
+    centered: normalise by the estimated variance of the gradient.
+    state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax.numpy as jnp, rmsprop_jax
+    >>> opt = rmsprop_jax.tf_keras_legacy_rmsprop(learning_rate=0.1)
+    >>> params = jnp.array([1.0, -2.0])
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(jnp.array([0.5, 0.5]), state)
+    >>> updates
+    Array([-0.31622753, -0.31622753], dtype=float32)
+  """
+  m = _momentum_or_none(momentum)
+  return _transform.build(
+    _KERAS,
+    learning_rate=learning_rate,
+    decay=rho,
+    eps=epsilon,
+    eps_in_sqrt=m is not None,
+    centered=centered,
+    momentum=m,
+    lr_in_momentum=True,
     state_dtype=state_dtype,
   )

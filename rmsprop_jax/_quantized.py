@@ -50,7 +50,6 @@ Design:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Literal
 
@@ -335,7 +334,6 @@ def _to_codes(
   return jax.lax.bitcast_convert_type(code.astype(jnp.uint8), dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "kind"))
 def encode(
   value: jax.Array, dtype: Any, kind: Kind, prev: QuantizedArray | None = None
 ) -> QuantizedArray:
@@ -361,9 +359,6 @@ def encode(
 
   Returns:
     A :class:`QuantizedArray` with ``decode(result) ≈ value``.
-
-  Compiled once per shape (one fused computation instead of a dozen eager
-  operations when ``init`` runs eagerly); inlined when called under ``jit``.
   """
   dtype = np.dtype(dtype)
   shape = tuple(value.shape)
@@ -416,7 +411,6 @@ def scale_values(scales: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-@jax.jit
 def decode(q: QuantizedArray) -> jax.Array:
   """The float32 value of a :class:`QuantizedArray` (``nu`` for "sqrt")."""
   a = q.codes.astype(jnp.float32) * _expand(scale_values(q.scales), q.shape)

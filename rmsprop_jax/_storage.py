@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.core import Tracer
 
-from rmsprop_jax import _quantized
+from rmsprop_jax import _compile, _quantized
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -35,7 +35,8 @@ def compute_dtype(param_dtype: Any, state_dtype: jnp.dtype | None) -> jnp.dtype:
   dtype = jnp.promote_types(real_dtype(param_dtype), jnp.float32)
   if state_dtype is not None and jnp.dtype(state_dtype).itemsize > dtype.itemsize:
     dtype = jnp.promote_types(dtype, state_dtype)
-  return jnp.dtype(dtype)
+  # NumPy float64 parameters without x64 get float32 state, as jnp arrays would.
+  return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
 def storage_dtype(
@@ -96,21 +97,30 @@ def init_leaf(
 ) -> Any:
   """A new state leaf for ``param``, filled with ``value``.
 
-  With an 8-bit float ``state_dtype`` a leaf of at least
-  ``_quantized.MIN_SIZE`` elements becomes a block-quantized
-  :class:`~rmsprop_jax._quantized.QuantizedArray` (``nu`` stored as its root);
-  smaller leaves, and ``mu``/``trace`` of complex parameters, keep the default
-  full-precision storage. The fill is built by :func:`filled_like` and then
-  encoded, so the codes and scales inherit ``param``'s sharding.
+  With an 8-bit float ``state_dtype``, a real leaf of at least
+  ``_quantized.MIN_SIZE`` elements becomes a ``QuantizedArray`` (``nu``
+  stored as its root); other leaves keep full-precision storage.
   """
   if _quantized.is_float8(state_dtype):
     real = is_nu or not jnp.issubdtype(param.dtype, jnp.complexfloating)
     if real and _quantized.applies(tuple(param.shape), state_dtype):
-      filled = filled_like(param, value, jnp.float32)
-      return _quantized.encode(filled, state_dtype, "sqrt" if is_nu else "signed")
+      kind = "sqrt" if is_nu else "signed"
+      return _compile.run(
+        _quantized_fill_jit, _quantized_fill, param, value, dtype=state_dtype, kind=kind
+      )
     state_dtype = None
   dtype = storage_dtype(param.dtype, state_dtype, is_nu=is_nu)
   return filled_like(param, value, dtype)
+
+
+def _quantized_fill(
+  param: jax.Array, value: Any, *, dtype: Any, kind: _quantized.Kind
+) -> _quantized.QuantizedArray:
+  """``value`` everywhere, encoded: codes and scales take ``param``'s sharding."""
+  return _quantized.encode(filled_like(param, value, jnp.float32), dtype, kind)
+
+
+_quantized_fill_jit = jax.jit(_quantized_fill, static_argnames=("dtype", "kind"))
 
 
 def load(stored: Any, dtype: Any) -> jax.Array:
@@ -127,6 +137,11 @@ def store(value: jax.Array, like: Any) -> Any:
   if isinstance(like, _quantized.QuantizedArray):
     return _quantized.encode(value, like.dtype, like.kind, like)
   return value.astype(like.dtype)
+
+
+def dtype_of(stored: Any) -> Any:
+  """The storage dtype of a state leaf (``None`` for a missing one)."""
+  return getattr(stored, "dtype", None)
 
 
 def logical_shape(stored: Any) -> tuple[int, ...]:

@@ -7,13 +7,19 @@ surface as shape errors deep inside XLA.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+import os
+import pathlib
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.core import Tracer
 
 
@@ -42,6 +48,7 @@ def check_range(
   *,
   low: float | None = None,
   high: float | None = None,
+  low_open: bool = False,
   high_open: bool = False,
   allowed: str,
 ) -> None:
@@ -50,8 +57,9 @@ def check_range(
   Args:
     name: the argument's name as the user typed it.
     value: the argument.
-    low: inclusive lower bound, or None.
+    low: lower bound, or None.
     high: upper bound, or None.
+    low_open: whether ``low`` itself is excluded.
     high_open: whether ``high`` itself is excluded.
     allowed: the allowed set in words, for the message (e.g. ``"0 <= decay < 1"``).
   """
@@ -68,10 +76,77 @@ def check_range(
   if x is None:
     return
   bad = math.isnan(x)
-  bad |= low is not None and x < low
+  bad |= low is not None and (x <= low if low_open else x < low)
   bad |= high is not None and (x >= high if high_open else x > high)
   if bad:
     raise ValueError(f"{name} must satisfy {allowed}; got {name}={x!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Names:
+  """How one API names the core's hyper-parameters, for its error messages.
+
+  Attributes:
+    rename: the API's name of a core argument, where it differs
+      (``{"decay": "alpha"}`` for PyTorch).
+    none_means_off: the arguments this API switches off with ``None``.
+  """
+
+  rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  none_means_off: frozenset[str] = frozenset()
+
+  def __call__(self, key: str) -> str:
+    return self.rename.get(key, key)
+
+
+# Lower bound (exclusive?) and whether the value must stay below 1.
+_BOUNDS: dict[str, tuple[bool, bool]] = {
+  "learning_rate": (False, False),
+  "decay": (False, True),
+  "eps": (False, False),
+  "initial_scale": (False, False),
+  "momentum": (False, True),
+  "weight_decay": (False, False),
+  "max_lr": (True, False),
+}
+
+
+def check_hyper(names: Names, key: str, value: Any) -> None:
+  """Checks the core argument ``key``, reported under the API's name for it."""
+  name = names(key)
+  low_open, below_one = _BOUNDS[key]
+  if below_one:
+    allowed = f"0 <= {name} < 1"
+  else:
+    allowed = f"{name} {'>' if low_open else '>='} 0"
+  if key in names.none_means_off:
+    allowed += ", or None"
+  check_range(
+    name,
+    value,
+    low=0.0,
+    high=1.0 if below_one else None,
+    low_open=low_open,
+    high_open=True,
+    allowed=allowed,
+  )
+
+
+_LIBRARY_DIRS = tuple(
+  f"{pathlib.Path(f).parent}{os.sep}" for f in (__file__, optax.__file__, jax.__file__)
+)
+
+
+def warn(message: str) -> None:
+  """A ``UserWarning`` attributed to the first caller outside the libraries.
+
+  The line it names is the user's, whichever public function they called and
+  however optax wrappers (``inject_hyperparams``) reach the package.
+  """
+  frame, level = sys._getframe(1), 2
+  while frame.f_back is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:

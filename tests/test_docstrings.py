@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _core, _presets
+from rmsprop_jax import _presets, _transform
 
 
-@pytest.mark.parametrize("module", [_core, _presets], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [_transform, _presets], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0

@@ -111,6 +111,9 @@ def test_recorded_cases_set_every_preset_argument(library: str) -> None:
   for name, parameter in parameters.items():
     if name == "state_dtype":  # storage only; the core's tests cover it
       continue
+    if name == "max_lr":  # ours, not timm's: the loader passes timm's built-in lr
+      assert any(c.kwargs.get("corrected_weight_decay") and c.schedule for c in cases)
+      continue
     if name == "weight_decay_mask":
       assert any(c.weight_decay_mask for c in cases)
       continue
@@ -344,16 +347,27 @@ def test_every_preset_has_every_library_argument(library: str) -> None:
       "momentum",
       "centered",
       "decoupled_decay",
+      "corrected_weight_decay",
       "lr_in_momentum",
+      "caution",
+      "max_lr",
       "weight_decay_mask",
       "state_dtype",
     ],
-  }[library]
+    "tf_keras_legacy": [
+      "learning_rate",
+      "rho",
+      "momentum",
+      "epsilon",
+      "centered",
+      "state_dtype",
+    ],
+  }["keras" if library == "tf_keras" else library]  # tf_keras: Keras 3's preset
   parameters = inspect.signature(PRESETS[library]).parameters
   assert list(parameters) == expected
   keyword_only = [n for n, p in parameters.items() if p.kind == p.KEYWORD_ONLY]
   assert keyword_only == [
-    n for n in expected if n in ("weight_decay_mask", "state_dtype")
+    n for n in expected if n in ("max_lr", "weight_decay_mask", "state_dtype")
   ]
 
 
@@ -374,7 +388,10 @@ def test_preset_works_under_inject_hyperparams_and_jit(library: str) -> None:
   # inject_hyperparams hands every numeric default (momentum=0.0 included) to
   # init as an array and to a jitted update as a tracer.
   kwargs = {LR[library]: 0.1}
-  injected = optax.inject_hyperparams(PRESETS[library])(**kwargs)
+  # An array momentum selects the legacy optimizer's momentum kernel, as a
+  # tensor momentum does in TF: keep it a number to keep the other kernel.
+  static = ("momentum",) if library == "tf_keras_legacy" else ()
+  injected = optax.inject_hyperparams(PRESETS[library], static_args=static)(**kwargs)
   state = injected.init(PARAMS)
   plain = PRESETS[library](**kwargs)
   expected = PARAMS
@@ -474,3 +491,13 @@ def test_live_timm_matches_preset() -> None:
   except ImportError:
     pytest.skip("timm is not installed")
   assert _check_live("timm", drivers.run_timm) > 0
+
+
+def test_live_tf_keras_legacy_matches_preset() -> None:
+  pytest.importorskip("tf_keras")
+  assert _check_live("tf_keras_legacy", drivers.run_tf_keras_legacy) > 0
+
+
+def test_live_tf_keras_matches_preset() -> None:
+  pytest.importorskip("tf_keras")
+  assert _check_live("tf_keras", drivers.run_tf_keras) > 0

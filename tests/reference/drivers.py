@@ -10,17 +10,20 @@ constructor arguments under the library's own names (which are also the
 preset's), ``schedule`` an optional learning-rate schedule, ``weight_decay_mask``
 an optional ``{leaf: bool}``, and ``global_clipnorm`` an optional Keras clip.
 Gradients come from one NumPy function, so every library sees the same problem
-and the recorded data does not depend on any library's autodiff.
+and the recorded data does not depend on any library's autodiff. The handover
+drivers also take the optimizer's state in the middle of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib
 import importlib.util
 import inspect
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -63,16 +66,22 @@ def _record(
   read_params: Callable[[], dict[str, np.ndarray]],
   read_lr: Callable[[], float],
   apply: Callable[[dict[str, np.ndarray]], None],
+  on_step: Callable[[int], None] | None = None,
 ) -> Trajectory:
-  """Runs ``steps`` steps, recording params, gradients and learning rates."""
+  """Runs ``steps`` steps, recording params, gradients and learning rates.
+
+  ``on_step(k)``, if given, runs after the ``k``-th step (1-based).
+  """
   params = [read_params()]
   grads, lrs = [], []
-  for _ in range(steps):
+  for k in range(1, steps + 1):
     lrs.append(float(read_lr()))
     g = gradient(params[-1], dtype)
     grads.append(g)
     apply(g)
     params.append(read_params())
+    if on_step is not None:
+      on_step(k)
   return {
     "params": {k: np.stack([p[k] for p in params]) for k in LEAVES},
     "grads": {k: np.stack([g[k] for g in grads]) for k in LEAVES},
@@ -101,12 +110,8 @@ def _torch_scheduler(schedule: dict[str, Any] | None, opt: Any) -> Any:
   raise ValueError(f"unknown PyTorch schedule {kind!r}")
 
 
-def _run_torch_optimizer(cls: Any, spec: Spec, dtype: str, steps: int) -> Trajectory:
-  import torch
-
-  params = {
-    k: torch.tensor(INITIAL_PARAMS[k].astype(dtype), requires_grad=True) for k in LEAVES
-  }
+def _torch_optimizer(cls: Any, spec: Spec, params: dict[str, Any]) -> tuple[Any, Any]:
+  """The optimizer (and scheduler, or None) a spec describes, on ``params``."""
   mask = spec.get("weight_decay_mask")
   if mask is None:
     groups: Any = [params[k] for k in LEAVES]
@@ -116,21 +121,44 @@ def _run_torch_optimizer(cls: Any, spec: Spec, dtype: str, steps: int) -> Trajec
       {"params": [params[k] for k in LEAVES if not mask[k]], "weight_decay": 0.0},
     ]
   opt = cls(groups, **spec["kwargs"])
-  scheduler = _torch_scheduler(spec.get("schedule"), opt)
+  return opt, _torch_scheduler(spec.get("schedule"), opt)
+
+
+def _run_torch_optimizer(
+  cls: Any,
+  spec: Spec,
+  dtype: str,
+  steps: int,
+  on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Trajectory:
+  """Runs a ``torch.optim`` optimizer class on the reference problem.
+
+  ``on_step(k, live)``, if given, runs after the ``k``-th step with ``live``
+  holding ``params``, ``optimizer`` and ``scheduler``; it may replace the last
+  two, and the following steps use the replacements.
+  """
+  import torch
+
+  params = {
+    k: torch.tensor(INITIAL_PARAMS[k].astype(dtype), requires_grad=True) for k in LEAVES
+  }
+  opt, scheduler = _torch_optimizer(cls, spec, params)
+  live = {"params": params, "optimizer": opt, "scheduler": scheduler}
 
   def apply(g: dict[str, np.ndarray]) -> None:
     for k in LEAVES:
       params[k].grad = torch.from_numpy(g[k].copy())
-    opt.step()
-    if scheduler is not None:
-      scheduler.step()
+    live["optimizer"].step()
+    if live["scheduler"] is not None:
+      live["scheduler"].step()
 
   return _record(
     steps,
     dtype,
     lambda: {k: params[k].detach().numpy().copy() for k in LEAVES},
-    lambda: opt.param_groups[0]["lr"],
+    lambda: live["optimizer"].param_groups[0]["lr"],
     apply,
+    None if on_step is None else lambda k: on_step(k, live),
   )
 
 
@@ -175,23 +203,24 @@ def run_timm(spec: Spec, dtype: str, steps: int) -> Trajectory:
 # ---------------------------------------------------------------------- Keras
 
 
-def _keras_schedule(schedule: dict[str, Any], dtype: str) -> Any:
-  import keras
-
-  s = keras.optimizers.schedules
+def _keras_schedule(s: Any, schedule: dict[str, Any], dtype: str) -> Any:
+  """The schedule from ``s``: Keras 3's or tf_keras' ``optimizers.schedules``."""
   kind = schedule["kind"]
   # Given a Python float, CosineDecay computes in float32 even when floatx is
-  # float64; a NumPy scalar of the case's dtype keeps the float64 cases float64.
-  lr = np.dtype(dtype).type(schedule.get("initial_learning_rate", 0.0))
+  # float64, and tf_keras' ExponentialDecay rounds decay_rate to float32
+  # (tf.cast converts a Python float to a float32 tensor first); NumPy scalars
+  # of the case's dtype keep the float64 cases float64.
+  number = np.dtype(dtype).type
+  lr = number(schedule.get("initial_learning_rate", 0.0))
   if kind == "keras.ExponentialDecay":
     return s.ExponentialDecay(
       lr,
       schedule["decay_steps"],
-      schedule["decay_rate"],
+      number(schedule["decay_rate"]),
       staircase=schedule["staircase"],
     )
   if kind == "keras.PiecewiseConstantDecay":
-    values = [np.dtype(dtype).type(x) for x in schedule["values"]]
+    values = [number(x) for x in schedule["values"]]
     return s.PiecewiseConstantDecay(schedule["boundaries"], values)
   if kind == "keras.CosineDecay":
     return s.CosineDecay(
@@ -202,14 +231,13 @@ def _keras_schedule(schedule: dict[str, Any], dtype: str) -> Any:
   raise ValueError(f"unknown Keras schedule {kind!r}")
 
 
-def run_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
-  """``keras.optimizers.RMSprop`` (Keras 3) on the reference problem.
-
-  The caller chooses the backend (``KERAS_BACKEND``); float64 with the JAX
-  backend needs ``jax_enable_x64``. ``floatx`` is set to ``dtype`` while the
-  optimizer runs, so that its learning rate and schedules are computed in the
-  variables' precision, as a float64 Keras program would.
-  """
+def _run_keras(
+  spec: Spec,
+  dtype: str,
+  steps: int,
+  on_step: Callable[[int, Any], None] | None = None,
+) -> Trajectory:
+  """``run_keras``; ``on_step(k, optimizer)``, if given, runs after step ``k``."""
   import keras
 
   old_floatx = keras.config.floatx()
@@ -221,7 +249,9 @@ def run_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
     }
     kwargs = dict(spec["kwargs"])
     if spec.get("schedule") is not None:
-      kwargs["learning_rate"] = _keras_schedule(spec["schedule"], dtype)
+      kwargs["learning_rate"] = _keras_schedule(
+        keras.optimizers.schedules, spec["schedule"], dtype
+      )
     if spec.get("global_clipnorm") is not None:
       kwargs["global_clipnorm"] = spec["global_clipnorm"]
     opt = keras.optimizers.RMSprop(**kwargs)
@@ -243,9 +273,147 @@ def run_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
       lambda: {k: np.array(variables[k].value) for k in LEAVES},
       lambda: np.asarray(getattr(opt.learning_rate, "value", opt.learning_rate)),
       apply,
+      None if on_step is None else lambda k: on_step(k, opt),
     )
   finally:
     keras.config.set_floatx(old_floatx)
+
+
+def run_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``keras.optimizers.RMSprop`` (Keras 3) on the reference problem.
+
+  The caller chooses the backend (``KERAS_BACKEND``); float64 with the JAX
+  backend needs ``jax_enable_x64``. ``floatx`` is set to ``dtype`` while the
+  optimizer runs, so that its learning rate and schedules are computed in the
+  variables' precision, as a float64 Keras program would.
+  """
+  return _run_keras(spec, dtype, steps)
+
+
+# ------------------------------------------------------------------- tf_keras
+
+
+@contextlib.contextmanager
+def _tf_keras_floatx(dtype: str) -> Iterator[None]:
+  """Sets tf_keras' ``floatx`` to ``dtype`` inside a ``with`` block."""
+  import tf_keras
+
+  old = tf_keras.backend.floatx()
+  tf_keras.backend.set_floatx(dtype)
+  try:
+    yield
+  finally:
+    tf_keras.backend.set_floatx(old)
+
+
+def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf_keras.optimizers.legacy.RMSprop`` (eager) on the reference problem.
+
+  This is TF 2.0-2.10's ``tf.keras.optimizers.RMSprop``. Hyper-parameters are
+  Python floats, as Keras code passes them: the optimizer holds
+  ``learning_rate``, ``rho`` and ``momentum`` in float32 variables whatever
+  ``floatx`` and the variables' dtype, and casts them to the variables' dtype
+  at each step. The returned trajectory carries the values it used under
+  ``float32_hyperparameters``. A ``tf_keras.legacy_decay`` schedule is the
+  constructor's ``decay`` argument; other schedules are tf_keras schedules,
+  given NumPy numbers of ``dtype`` so that they compute in ``dtype``.
+  """
+  import tensorflow as tf
+  import tf_keras
+
+  tdtype = tf.as_dtype(dtype)
+  with _tf_keras_floatx(dtype):
+    variables = {
+      k: tf.Variable(INITIAL_PARAMS[k].astype(dtype), name=k) for k in LEAVES
+    }
+    kwargs = dict(spec["kwargs"])
+    schedule = spec.get("schedule")
+    if schedule is not None and schedule["kind"] == "tf_keras.legacy_decay":
+      kwargs["decay"] = schedule["decay"]
+    elif schedule is not None:
+      kwargs["learning_rate"] = _keras_schedule(
+        tf_keras.optimizers.schedules, schedule, dtype
+      )
+    opt = tf_keras.optimizers.legacy.RMSprop(**kwargs)
+
+    def apply(g: dict[str, np.ndarray]) -> None:
+      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
+
+    trajectory = _record(
+      steps,
+      dtype,
+      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+      # The learning rate the next step uses (schedule and decay applied, cast
+      # to the variables' dtype), as the optimizer computes it.
+      lambda: opt._decayed_lr(tdtype).numpy(),
+      apply,
+    )
+  # ``decay`` is held in a float32 variable too, but the decayed learning rate
+  # reads the Python float.
+  held = {name: opt._hyper[name] for name in ("learning_rate", "rho", "momentum")}
+  trajectory["float32_hyperparameters"] = {
+    name: float(v.numpy())
+    for name, v in held.items()
+    if isinstance(v, tf.Variable) and v.dtype == tf.float32
+  }
+  return trajectory
+
+
+def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf_keras.optimizers.RMSprop`` (Keras 2.11+) on the reference problem.
+
+  ``floatx`` is set to ``dtype`` while the optimizer runs, as for Keras 3:
+  the learning-rate variable has dtype ``floatx``. Schedules are given NumPy
+  numbers of ``dtype``. The optimizer casts the Python float ``weight_decay``
+  to the variables' dtype with ``tf.cast``, through float32: the returned
+  trajectory carries the value it used under ``float32_hyperparameters``.
+  """
+  import tensorflow as tf
+  import tf_keras
+
+  tdtype = tf.as_dtype(dtype)
+  with _tf_keras_floatx(dtype):
+    variables = {
+      k: tf.Variable(INITIAL_PARAMS[k].astype(dtype), name=k) for k in LEAVES
+    }
+    kwargs = dict(spec["kwargs"])
+    if spec.get("schedule") is not None:
+      kwargs["learning_rate"] = _keras_schedule(
+        tf_keras.optimizers.schedules, spec["schedule"], dtype
+      )
+    if spec.get("global_clipnorm") is not None:
+      kwargs["global_clipnorm"] = spec["global_clipnorm"]
+    opt = tf_keras.optimizers.RMSprop(**kwargs)
+    mask = spec.get("weight_decay_mask")
+    if mask is not None:
+      opt.exclude_from_weight_decay(
+        var_list=[variables[k] for k in LEAVES if not mask[k]]
+      )
+    var_list = [variables[k] for k in LEAVES]
+    opt.build(var_list)
+
+    def apply(g: dict[str, np.ndarray]) -> None:
+      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
+
+    def read_lr() -> float:
+      # With a schedule, apply_gradients evaluates it at ``iterations`` before
+      # the step; ``opt.learning_rate`` still holds the previous step's value.
+      lr = opt._learning_rate
+      if isinstance(lr, tf_keras.optimizers.schedules.LearningRateSchedule):
+        lr = lr(opt.iterations)
+      return float(tf.cast(lr, tdtype).numpy())
+
+    trajectory = _record(
+      steps,
+      dtype,
+      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+      read_lr,
+      apply,
+    )
+  if opt.weight_decay is not None:
+    used = tf.cast(opt.weight_decay, tdtype)  # as _apply_weight_decay does
+    trajectory["float32_hyperparameters"] = {"weight_decay": float(used.numpy())}
+  return trajectory
 
 
 # ------------------------------------------------------------------------ TF1
@@ -324,6 +492,138 @@ RUNNERS: dict[str, Callable[[Spec, str, int], Trajectory]] = {
   "keras": run_keras,
   "tf1": run_tf1,
   "timm": run_timm,
+  "tf_keras_legacy": run_tf_keras_legacy,
+  "tf_keras": run_tf_keras,
+}
+
+
+# ------------------------------------------------------------------ handover
+
+
+def torch_state_dict_to_json(state_dict: dict[str, Any]) -> dict[str, Any]:
+  """A ``torch.optim`` state dict as JSON values.
+
+  Tensors become (nested) lists of numbers, and the parameter indices keying
+  ``state`` become strings, as JSON object keys are; ``param_groups`` is kept
+  as PyTorch writes it.
+  """
+  import torch
+
+  return {
+    "state": {
+      str(index): {
+        name: value.tolist() if torch.is_tensor(value) else value
+        for name, value in entry.items()
+      }
+      for index, entry in state_dict["state"].items()
+    },
+    "param_groups": copy.deepcopy(state_dict["param_groups"]),
+  }
+
+
+def torch_state_dict_from_json(data: dict[str, Any], dtype: str) -> dict[str, Any]:
+  """The inverse of :func:`torch_state_dict_to_json`, for ``dtype`` parameters.
+
+  ``step`` becomes a 0-d tensor of PyTorch's scalar dtype (float32 unless the
+  default dtype is float64), the other entries tensors of ``dtype``.
+  """
+  import torch
+
+  step_dtype = (
+    torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+  )
+  return {
+    "state": {
+      int(index): {
+        name: torch.tensor(
+          value, dtype=step_dtype if name == "step" else getattr(torch, dtype)
+        )
+        for name, value in entry.items()
+      }
+      for index, entry in data["state"].items()
+    },
+    "param_groups": copy.deepcopy(data["param_groups"]),
+  }
+
+
+def handover_torch(
+  spec: Spec, dtype: str, steps_before: int, steps_after: int, reload: bool = False
+) -> dict[str, Any]:
+  """``torch.optim.RMSprop`` for ``steps_before + steps_after`` steps.
+
+  Returns the trajectory together with ``state_dict`` (JSON form),
+  ``scheduler_state_dict`` (or None) taken after ``steps_before`` steps, and
+  ``param_index``, the index PyTorch gives each leaf. With
+  ``reload``, the optimizer and scheduler are then replaced by fresh ones that
+  load those state dicts, read back from their JSON form, so the remaining
+  steps come from the fresh optimizer.
+  """
+  import torch
+
+  saved: dict[str, Any] = {}
+
+  def on_step(k: int, live: dict[str, Any]) -> None:
+    if k != steps_before:
+      return
+    opt, scheduler = live["optimizer"], live["scheduler"]
+    saved["state_dict"] = torch_state_dict_to_json(opt.state_dict())
+    # PyTorch numbers parameters across groups, in the groups' order.
+    order = [p for group in opt.param_groups for p in group["params"]]
+    saved["param_index"] = {
+      k: next(i for i, p in enumerate(order) if p is live["params"][k]) for k in LEAVES
+    }
+    saved["scheduler_state_dict"] = (
+      None if scheduler is None else copy.deepcopy(scheduler.state_dict())
+    )
+    if reload:
+      fresh, fresh_scheduler = _torch_optimizer(
+        torch.optim.RMSprop, spec, live["params"]
+      )
+      fresh.load_state_dict(torch_state_dict_from_json(saved["state_dict"], dtype))
+      if fresh_scheduler is not None:
+        fresh_scheduler.load_state_dict(copy.deepcopy(saved["scheduler_state_dict"]))
+      live["optimizer"], live["scheduler"] = fresh, fresh_scheduler
+
+  trajectory = _run_torch_optimizer(
+    torch.optim.RMSprop, spec, dtype, steps_before + steps_after, on_step
+  )
+  return {**trajectory, **saved}
+
+
+def handover_keras(
+  spec: Spec, dtype: str, steps_before: int, steps_after: int
+) -> dict[str, Any]:
+  """``keras.optimizers.RMSprop`` for ``steps_before + steps_after`` steps.
+
+  Returns the trajectory together with ``variables``: the optimizer's
+  variables after ``steps_before`` steps, in ``optimizer.variables`` order,
+  each as ``{"name", "path", "dtype", "value"}``. Keras' session is cleared
+  first, so that the optimizer gets its default name (``rm_sprop``) in every
+  case and the paths do not depend on the optimizers made before.
+  """
+  import keras
+
+  keras.backend.clear_session()
+  saved: dict[str, Any] = {}
+
+  def on_step(k: int, opt: Any) -> None:
+    if k == steps_before:
+      saved["variables"] = [
+        {
+          "name": v.name,
+          "path": v.path,
+          "dtype": str(v.dtype),
+          "value": np.asarray(v.value).tolist(),
+        }
+        for v in opt.variables
+      ]
+
+  return {**_run_keras(spec, dtype, steps_before + steps_after, on_step), **saved}
+
+
+HANDOVERS: dict[str, Callable[..., dict[str, Any]]] = {
+  "torch": handover_torch,
+  "keras": handover_keras,
 }
 
 
@@ -336,6 +636,8 @@ def library_versions(library: str) -> dict[str, str]:
     "keras": ["keras", "jax"],
     "tf1": ["tensorflow-cpu", "tensorflow"],
     "timm": ["timm", "torch"],
+    "tf_keras_legacy": ["tf_keras", "tensorflow-cpu", "tensorflow"],
+    "tf_keras": ["tf_keras", "tensorflow-cpu", "tensorflow"],
   }[library]
   found = {}
   for package in packages:

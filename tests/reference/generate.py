@@ -1,16 +1,19 @@
-"""Records RMSProp trajectories from PyTorch, Keras 3, TF1 and timm.
+"""Records RMSProp trajectories from PyTorch, Keras, TensorFlow and timm.
 
 Not run by the test suite: it needs the real libraries, which live in their own
 environment (see FORMAT.md). From the repository root::
 
     python -m venv /path/to/venv-ref
-    /path/to/venv-ref/bin/pip install torch tensorflow-cpu keras jax numpy
+    /path/to/venv-ref/bin/pip install torch tensorflow-cpu tf-keras keras jax numpy
     /path/to/venv-ref/bin/pip install --no-deps timm
-    /path/to/venv-ref/bin/python tests/reference/generate.py [torch keras tf1 timm]
+    /path/to/venv-ref/bin/python tests/reference/generate.py [TARGET ...]
 
-It writes ``tests/reference/<library>.json``. The grid below sets every
-argument of every preset at least once, alone and in combination, with and
-without a learning-rate schedule, in float64 and float32.
+A target is a library (``torch keras tf1 timm tf_keras_legacy tf_keras``),
+which writes ``tests/reference/<library>.json``, or ``handover_torch`` /
+``handover_keras``, which write the mid-run state files of the same names; no
+target records them all. The library grid sets every argument of every preset
+at least once, alone and in combination, with and without a learning-rate
+schedule, in float64 and float32.
 """
 
 from __future__ import annotations
@@ -240,6 +243,194 @@ GRID: dict[str, list[dict[str, Any]]] = {
       {"lr": 0.01, "momentum": 0.9, "lr_in_momentum": False},
       schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
     ),
+    case("caution_momentum", {"lr": 0.005, "momentum": 0.9, "caution": True}),
+    case(
+      "caution_momentum_lr_outside",
+      {"lr": 0.005, "momentum": 0.9, "lr_in_momentum": False, "caution": True},
+      dtypes=("float64",),  # float32: in caution_corrected_exponential_lr
+    ),
+    # Strong enough coupled decay that the gradient's sign with and without it
+    # differ where caution looks: caution compares with the decayed gradient.
+    case(
+      "caution_momentum_centered_weight_decay",
+      {
+        "lr": 0.01,
+        "momentum": 0.8,
+        "centered": True,
+        "weight_decay": 0.5,
+        "caution": True,
+      },
+    ),
+    # With a constant learning rate the corrected decay lr**2 / max_lr is lr
+    # up to rounding: this case differs from decoupled_decay only there.
+    case(
+      "corrected_decoupled_decay",
+      {"weight_decay": 0.5, "decoupled_decay": True, "corrected_weight_decay": True},
+      dtypes=("float64",),
+    ),
+    case(
+      "corrected_decoupled_decay_step_lr_momentum",
+      {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.5,
+        "decoupled_decay": True,
+        "corrected_weight_decay": True,
+      },
+      schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
+      dtypes=("float64",),  # float32: in caution_corrected_exponential_lr
+    ),
+    case(
+      "caution_corrected_exponential_lr",
+      {
+        "lr": 0.02,
+        "momentum": 0.9,
+        "lr_in_momentum": False,
+        "weight_decay": 0.5,
+        "decoupled_decay": True,
+        "corrected_weight_decay": True,
+        "caution": True,
+      },
+      schedule={"kind": "torch.ExponentialLR", "gamma": 0.9},
+    ),
+  ],
+  "tf_keras_legacy": [
+    case("defaults", {}),
+    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
+    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
+    case("centered", {"learning_rate": 0.01, "centered": True}),
+    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+    # With momentum the fused kernel puts epsilon inside the root.
+    case(
+      "momentum_epsilon_1",
+      {"learning_rate": 0.005, "momentum": 0.9, "epsilon": 1.0},
+    ),
+    case(
+      "momentum_centered",
+      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
+    ),
+    case(
+      "everything",
+      {
+        "learning_rate": 0.005,
+        "rho": 0.8,
+        "epsilon": 1e-3,
+        "momentum": 0.7,
+        "centered": True,
+      },
+    ),
+    case(
+      "exponential_decay_momentum",
+      {"momentum": 0.9},
+      schedule={
+        "kind": "keras.ExponentialDecay",
+        "initial_learning_rate": 0.01,
+        "decay_steps": 5,
+        "decay_rate": 0.8,
+        "staircase": True,
+      },
+    ),
+    case(
+      "piecewise_constant_centered",
+      {"centered": True},
+      schedule={
+        "kind": "keras.PiecewiseConstantDecay",
+        "boundaries": [9, 19],
+        "values": [0.01, 0.005, 0.001],
+      },
+    ),
+    case(
+      "legacy_decay",
+      {"learning_rate": 0.02},
+      schedule={"kind": "tf_keras.legacy_decay", "decay": 0.1},
+    ),
+  ],
+  "tf_keras": [
+    case("defaults", {}),
+    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
+    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
+    case("centered", {"learning_rate": 0.01, "centered": True}),
+    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+    case(
+      "momentum_centered",
+      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
+    ),
+    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
+    case(
+      "weight_decay_mask",
+      {"learning_rate": 0.01, "weight_decay": 0.5},
+      weight_decay_mask=MASK,
+    ),
+    case(
+      "everything",
+      {
+        "learning_rate": 0.005,
+        "rho": 0.8,
+        "epsilon": 1e-3,
+        "momentum": 0.7,
+        "centered": True,
+        "weight_decay": 0.2,
+      },
+    ),
+    case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
+    case(
+      "exponential_decay_momentum",
+      {"momentum": 0.9},
+      schedule={
+        "kind": "keras.ExponentialDecay",
+        "initial_learning_rate": 0.01,
+        "decay_steps": 5,
+        "decay_rate": 0.8,
+        "staircase": True,
+      },
+    ),
+    case(
+      "piecewise_constant_weight_decay",
+      {"weight_decay": 0.1},
+      schedule={
+        "kind": "keras.PiecewiseConstantDecay",
+        "boundaries": [9, 19],
+        "values": [0.01, 0.005, 0.001],
+      },
+    ),
+  ],
+}
+
+# Mid-run state: the optimizer's state after STEPS_BEFORE steps, and the whole
+# uninterrupted trajectory of STEPS_BEFORE + STEPS_AFTER steps.
+STEPS_BEFORE = 12
+STEPS_AFTER = 18
+STEP_LR = {"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5}
+HANDOVER_GRID: dict[str, list[dict[str, Any]]] = {
+  "torch": [
+    case("defaults", {}),
+    case("momentum", {"lr": 0.005, "momentum": 0.9}),
+    case(
+      "centered_momentum_weight_decay",
+      {"lr": 0.005, "momentum": 0.8, "centered": True, "weight_decay": 0.05},
+    ),
+    case("step_lr_momentum", {"lr": 0.01, "momentum": 0.9}, schedule=STEP_LR),
+    # The same run, continued by a fresh optimizer and scheduler that load the
+    # recorded state dicts: PyTorch's own handover.
+    {
+      **case(
+        "step_lr_momentum_reloaded", {"lr": 0.01, "momentum": 0.9}, schedule=STEP_LR
+      ),
+      "reload": True,
+    },
+    case(
+      "two_groups",
+      {"lr": 0.005, "momentum": 0.5, "weight_decay": 0.1},
+      weight_decay_mask=MASK,
+    ),
+  ],
+  "keras": [
+    case("defaults", {}),
+    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+    case(
+      "centered_momentum_weight_decay",
+      {"learning_rate": 0.005, "momentum": 0.8, "centered": True, "weight_decay": 0.1},
+    ),
   ],
 }
 
@@ -255,15 +446,16 @@ def record(library: str) -> dict[str, Any]:
     spec = {k: v for k, v in grid_case.items() if k != "dtypes"}
     for dtype in grid_case["dtypes"]:
       trajectory = run(spec, dtype, STEPS)
-      cases.append(
-        {
-          **spec,
-          "dtype": dtype,
-          "lrs": trajectory["lrs"].tolist(),
-          "grads": _nested(trajectory["grads"]),
-          "params": _nested(trajectory["params"]),
-        }
-      )
+      recorded = {
+        **spec,
+        "dtype": dtype,
+        "lrs": trajectory["lrs"].tolist(),
+        "grads": _nested(trajectory["grads"]),
+        "params": _nested(trajectory["params"]),
+      }
+      if "float32_hyperparameters" in trajectory:
+        recorded["float32_hyperparameters"] = trajectory["float32_hyperparameters"]
+      cases.append(recorded)
   return {
     "library": library,
     "versions": drivers.library_versions(library),
@@ -273,17 +465,66 @@ def record(library: str) -> dict[str, Any]:
   }
 
 
-def main(libraries: list[str]) -> None:
-  if "keras" in libraries:
+def record_handover(library: str) -> dict[str, Any]:
+  handover = drivers.HANDOVERS[library]
+  cases = []
+  for grid_case in HANDOVER_GRID[library]:
+    spec = {k: v for k, v in grid_case.items() if k not in ("dtypes", "reload", "name")}
+    extra = {"reload": True} if grid_case.get("reload") else {}
+    for dtype in grid_case["dtypes"]:
+      out = handover(spec, dtype, STEPS_BEFORE, STEPS_AFTER, **extra)
+      state = {
+        k: out[k]
+        for k in ("param_index", "state_dict", "scheduler_state_dict", "variables")
+        if k in out
+      }
+      cases.append(
+        {
+          "name": grid_case["name"],
+          "dtype": dtype,
+          "kwargs": spec["kwargs"],
+          "schedule": spec["schedule"],
+          "weight_decay_mask": spec["weight_decay_mask"],
+          **({"reloaded": bool(extra)} if library == "torch" else {}),
+          "steps_before": STEPS_BEFORE,
+          "steps_after": STEPS_AFTER,
+          **state,
+          "lrs": out["lrs"].tolist(),
+          "grads": _nested(out["grads"]),
+          "params": _nested(out["params"]),
+        }
+      )
+  return {
+    "library": library,
+    "versions": drivers.library_versions(library),
+    "problem": drivers.PROBLEM,
+    "steps_before": STEPS_BEFORE,
+    "steps_after": STEPS_AFTER,
+    "cases": cases,
+  }
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+  path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+  size = path.stat().st_size // 1024
+  print(f"{path}: {len(data['cases'])} cases, {size} KiB, {data['versions']}")
+
+
+def main(targets: list[str]) -> None:
+  if {"keras", "handover_keras"} & set(targets):
     import jax
 
     jax.config.update("jax_enable_x64", True)  # float64 Keras variables
-  for library in libraries:
-    data = record(library)
-    path = HERE / f"{library}.json"
-    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-    print(f"{path}: {len(data['cases'])} cases, {data['versions']}")
+  for target in targets:
+    if target.startswith("handover_"):
+      library = target.removeprefix("handover_")
+      _write(HERE / f"{target}.json", record_handover(library))
+    else:
+      _write(HERE / f"{target}.json", record(target))
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:] or list(drivers.RUNNERS))
+  main(
+    sys.argv[1:]
+    or [*drivers.RUNNERS, *(f"handover_{library}" for library in drivers.HANDOVERS)]
+  )

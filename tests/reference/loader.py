@@ -9,9 +9,13 @@ Usage (from the repository root)::
       theirs = case.params                   # the same, recorded from torch
       print(case.id, abs(ours["w"] - theirs["w"]).max())
 
-See FORMAT.md for the file layout. ``load_cases`` needs only NumPy;
-``optax_schedule``, ``make_optimizer`` and ``replay`` import optax and
-rmsprop_jax.
+    for handover in loader.load_handovers("torch"):
+      handover.state                         # torch's state_dict mid-run
+      handover.as_case()                     # the whole run, for replay
+
+See FORMAT.md for the file layout. ``load_cases`` and ``load_handovers`` need
+only NumPy; ``optax_schedule``, ``make_optimizer`` and ``replay`` import optax
+and rmsprop_jax.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-LIBRARIES = ("torch", "keras", "tf1", "timm")
+LIBRARIES = ("torch", "keras", "tf1", "timm", "tf_keras_legacy", "tf_keras")
 PRESETS = {
   "torch": "torch_rmsprop",
   "keras": "keras_rmsprop",
   "tf1": "tf1_rmsprop",
   "timm": "timm_rmsprop_tf",
+  "tf_keras_legacy": "tf_keras_legacy_rmsprop",
+  # Keras 2.11+'s optimizer is Keras 3's, up to rounding (see FORMAT.md).
+  "tf_keras": "keras_rmsprop",
 }
 # The name each library (and its preset) gives the learning rate.
 LR_ARGUMENT = {
@@ -39,7 +46,11 @@ LR_ARGUMENT = {
   "keras": "learning_rate",
   "tf1": "learning_rate",
   "timm": "lr",
+  "tf_keras_legacy": "learning_rate",
+  "tf_keras": "learning_rate",
 }
+# The libraries whose mid-run state is recorded (handover_<library>.json).
+HANDOVER_LIBRARIES = ("torch", "keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +58,7 @@ class Case:
   """One recorded trajectory.
 
   Attributes:
-    library: ``"torch"``, ``"keras"``, ``"tf1"`` or ``"timm"``.
+    library: one of :data:`LIBRARIES`.
     name: the configuration's name, e.g. ``"momentum_centered"``.
     dtype: ``"float64"`` or ``"float32"``: parameters, gradients and the
       library's arithmetic.
@@ -61,6 +72,11 @@ class Case:
     hyperparameter_dtype: ``None``, or ``"float32"`` when the library rounded
       the float hyper-parameters in ``kwargs`` to float32 before using them
       (TF1 given Python floats); :func:`make_optimizer` rounds them likewise.
+    float32_hyperparameters: ``None``, or ``{name: value}``: the values the
+      library rounded to float32 and used instead of ``kwargs`` (and defaults)
+      of the same name (``tf_keras_legacy``: ``learning_rate``, ``rho``,
+      ``momentum``, held in float32 variables; ``tf_keras``: ``weight_decay``,
+      cast through float32); :func:`make_optimizer` passes them on.
     lrs: ``(steps,)`` the learning rate the library used at each step.
     grads: ``{leaf: (steps, *shape)}`` the gradient given at each step.
     params: ``{leaf: (steps + 1, *shape)}`` parameters before the first step
@@ -76,6 +92,7 @@ class Case:
   weight_decay_mask: dict[str, bool] | None
   global_clipnorm: float | None
   hyperparameter_dtype: str | None
+  float32_hyperparameters: dict[str, float] | None
   lrs: np.ndarray
   grads: dict[str, np.ndarray]
   params: dict[str, np.ndarray]
@@ -116,6 +133,7 @@ def load_cases(library: str | None = None, dtype: str | None = None) -> list[Cas
           weight_decay_mask=raw["weight_decay_mask"],
           global_clipnorm=raw["global_clipnorm"],
           hyperparameter_dtype=raw.get("hyperparameter_dtype"),
+          float32_hyperparameters=raw.get("float32_hyperparameters"),
           lrs=np.asarray(raw["lrs"], np.float64),
           grads={k: as_array(v) for k, v in raw["grads"].items()},
           params={k: as_array(v) for k, v in raw["params"].items()},
@@ -132,8 +150,13 @@ def _preset(library: str) -> Callable[..., Any]:
 
 
 def base_learning_rate(case: Case) -> float:
-  """The constant learning rate (or a schedule's start) given to the library."""
+  """The constant learning rate (or a schedule's start) given to the library.
+
+  Where the library held it in a float32 variable, the float32 value.
+  """
   name = LR_ARGUMENT[case.library]
+  if name in (case.float32_hyperparameters or {}):
+    return case.float32_hyperparameters[name]
   if name in case.kwargs:
     return case.kwargs[name]
   return inspect.signature(_preset(case.library)).parameters[name].default
@@ -146,7 +169,9 @@ def optax_schedule(case: Case) -> Callable[[Any], Any] | None:
   schedulers are stepped once after every optimizer step, so step ``k`` (0-based)
   uses ``schedule(k)``; Keras calls its schedule with ``iterations``, the number
   of steps taken so far; TF1 schedules read ``global_step``, which
-  ``apply_gradients`` increments after the step.
+  ``apply_gradients`` increments after the step. The legacy tf_keras
+  optimizer's ``decay`` argument divides the learning rate by
+  ``1 + decay * iterations``, with ``decay`` rounded to float32.
   """
   import optax
 
@@ -173,6 +198,10 @@ def optax_schedule(case: Case) -> Callable[[Any], Any] | None:
       [optax.constant_schedule(v) for v in s["values"]],
       [b + 1 for b in s["boundaries"]],
     )
+  if kind == "tf_keras.legacy_decay":
+    # tf.cast(decay, dtype) makes a float32 tensor of the Python float first.
+    decay = float(np.float32(s["decay"]))
+    return lambda k: lr / (1 + decay * k)
   if kind == "keras.CosineDecay":
     return optax.cosine_decay_schedule(
       s["initial_learning_rate"], s["decay_steps"], alpha=s["alpha"]
@@ -191,6 +220,11 @@ def make_optimizer(case: Case) -> Any:
     kwargs = {
       k: float(kind(x)) if isinstance(x, float) else x for k, x in kwargs.items()
     }
+  kwargs.update(case.float32_hyperparameters or {})
+  if case.library == "timm" and kwargs.get("corrected_weight_decay"):
+    # timm divides by the lr the optimizer was built with, whatever a
+    # scheduler later sets.
+    kwargs["max_lr"] = base_learning_rate(case)
   schedule = optax_schedule(case)
   if schedule is not None and case.dtype == "float64":
     # optax.exponential_decay computes in float32 when given the int32 step
@@ -229,3 +263,133 @@ def replay(case: Case, optimizer: Any = None) -> dict[str, np.ndarray]:
       params = optax.apply_updates(params, updates)
       out.append(jax.tree.map(np.asarray, params))
   return {name: np.stack([p[name] for p in out]) for name in case.params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Handover:
+  """An optimizer's state in the middle of a run, with the whole run around it.
+
+  Attributes:
+    library: ``"torch"`` or ``"keras"``.
+    name: the configuration's name, e.g. ``"two_groups"``.
+    dtype: ``"float64"`` or ``"float32"``.
+    kwargs: constructor arguments under the library's names.
+    schedule: ``None`` or the learning-rate schedule, as in :class:`Case`.
+    weight_decay_mask: ``None`` or ``{leaf: bool}``, as in :class:`Case`.
+    steps_before: steps taken when the state was read.
+    steps_after: steps taken after that.
+    state: PyTorch: ``optimizer.state_dict()`` with ``state`` keyed by the
+      integer parameter index, tensors as arrays of ``dtype`` and ``step`` as a
+      0-d float32 array, ``param_groups`` as PyTorch writes them. Keras:
+      ``{variable name: array}`` in ``optimizer.variables`` order.
+    param_index: PyTorch only (else ``None``): ``{leaf: parameter index}``.
+    scheduler_state: PyTorch only: the scheduler's ``state_dict()``, or None.
+    variable_paths: Keras only (else ``None``): each variable's ``path``, in
+      the order of ``state``.
+    reloaded: PyTorch only: the steps after ``steps_before`` were taken by a
+      fresh optimizer (and scheduler) that loaded ``state`` (and
+      ``scheduler_state``).
+    lrs: ``(steps_before + steps_after,)`` the learning rate of each step.
+    grads: ``{leaf: (steps_before + steps_after, *shape)}``.
+    params: ``{leaf: (steps_before + steps_after + 1, *shape)}``; row
+      ``steps_before`` holds the parameters that go with ``state``.
+    versions: versions of the library and its dependencies.
+  """
+
+  library: str
+  name: str
+  dtype: str
+  kwargs: dict[str, Any]
+  schedule: dict[str, Any] | None
+  weight_decay_mask: dict[str, bool] | None
+  steps_before: int
+  steps_after: int
+  state: dict[str, Any]
+  param_index: dict[str, int] | None
+  scheduler_state: dict[str, Any] | None
+  variable_paths: list[str] | None
+  reloaded: bool
+  lrs: np.ndarray
+  grads: dict[str, np.ndarray]
+  params: dict[str, np.ndarray]
+  versions: dict[str, str]
+
+  @property
+  def id(self) -> str:
+    return f"handover_{self.library}-{self.name}-{self.dtype}"
+
+  @property
+  def params_at_handover(self) -> dict[str, np.ndarray]:
+    """The parameters after ``steps_before`` steps."""
+    return {k: v[self.steps_before] for k, v in self.params.items()}
+
+  def as_case(self) -> Case:
+    """The whole uninterrupted run as a :class:`Case`, for :func:`replay`."""
+    return Case(
+      library=self.library,
+      name=f"handover_{self.name}",
+      dtype=self.dtype,
+      kwargs=self.kwargs,
+      schedule=self.schedule,
+      weight_decay_mask=self.weight_decay_mask,
+      global_clipnorm=None,
+      hyperparameter_dtype=None,
+      float32_hyperparameters=None,
+      lrs=self.lrs,
+      grads=self.grads,
+      params=self.params,
+      versions=self.versions,
+    )
+
+
+def _torch_state(raw: dict[str, Any], dtype: str) -> dict[str, Any]:
+  return {
+    "state": {
+      int(index): {
+        name: np.asarray(value, np.float32 if name == "step" else dtype)
+        for name, value in entry.items()
+      }
+      for index, entry in raw["state"].items()
+    },
+    "param_groups": raw["param_groups"],
+  }
+
+
+def load_handovers(library: str, dtype: str | None = None) -> list[Handover]:
+  """The recorded mid-run states of one library, optionally of one dtype."""
+  if library not in HANDOVER_LIBRARIES:
+    raise ValueError(f"library must be one of {HANDOVER_LIBRARIES}; got {library!r}.")
+  data = json.loads((HERE / f"handover_{library}.json").read_text())
+  handovers = []
+  for raw in data["cases"]:
+    if dtype is not None and raw["dtype"] != dtype:
+      continue
+    dt = raw["dtype"]
+    if library == "torch":
+      state = _torch_state(raw["state_dict"], dt)
+      paths = None
+    else:
+      state = {v["name"]: np.asarray(v["value"], v["dtype"]) for v in raw["variables"]}
+      paths = [v["path"] for v in raw["variables"]]
+    handovers.append(
+      Handover(
+        library=library,
+        name=raw["name"],
+        dtype=dt,
+        kwargs=raw["kwargs"],
+        schedule=raw["schedule"],
+        weight_decay_mask=raw["weight_decay_mask"],
+        steps_before=raw["steps_before"],
+        steps_after=raw["steps_after"],
+        state=state,
+        param_index=raw.get("param_index"),
+        scheduler_state=raw.get("scheduler_state_dict"),
+        variable_paths=paths,
+        reloaded=raw.get("reloaded", False),
+        lrs=np.asarray(raw["lrs"], np.float64),
+        grads={k: np.asarray(v, dt) for k, v in raw["grads"].items()},
+        params={k: np.asarray(v, dt) for k, v in raw["params"].items()},
+        versions=data["versions"],
+      )
+    )
+  return handovers

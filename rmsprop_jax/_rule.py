@@ -1,0 +1,157 @@
+"""The RMSProp update rule for one array: every option is one visible branch.
+
+Pure functions of arrays and scalars, in the compute dtype. Trees, storage
+formats, validation and dispatch live in ``_transform.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Rule(NamedTuple):
+  """The structural options, fixed when the optimizer is built."""
+
+  eps_in_sqrt: bool = True
+  centered: bool = False
+  bias_correction: bool = False
+  nesterov: bool = False
+  lr_in_momentum: bool = True
+  maximize: bool = False
+  caution: bool = False
+  scale_only: bool = False  # scale_by_rms: return s = g / d, no learning rate
+
+
+class Hyper(NamedTuple):
+  """The numeric hyper-parameters as given; ``None`` where an option is off."""
+
+  learning_rate: Any  # None for scale_by_rms and for a schedule
+  decay: Any
+  eps: Any
+  initial_scale: Any
+  momentum: Any = None
+  coupled_weight_decay: Any = None  # L2: wd * p added to the gradient
+  decoupled_weight_decay: Any = None  # -lr * wd * p added to the update
+  max_lr: Any = None  # corrected decoupled decay: scaled by lr**2 / max_lr
+
+
+class Scalars(NamedTuple):
+  """One step's hyper-parameters in the compute dtype; ``None`` where off."""
+
+  decay: jax.Array
+  one_minus_decay: jax.Array
+  eps: jax.Array
+  lr: jax.Array
+  neg_lr: jax.Array
+  bias: jax.Array | None  # 1 - decay**(k + 1), with bias correction
+  momentum: jax.Array | None
+  coupled_wd: jax.Array | None
+  decoupled_wd: jax.Array | None  # the decay's factor, lr (or lr**2/max_lr) * wd
+
+
+def scalars(
+  h: Hyper, lr: jax.Array, count: jax.Array | None, rule: Rule, dtype: Any
+) -> Scalars:
+  """Derives one step's scalars once per compute dtype, not once per leaf.
+
+  ``count`` is the step count after this update (``k + 1``).
+  """
+  cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
+  maybe = lambda x: None if x is None else cast(x)  # noqa: E731
+  decay, lr = cast(h.decay), cast(lr)
+  bias = None
+  if rule.bias_correction and count is not None:
+    bias = 1 - decay ** count.astype(dtype)
+  decoupled = maybe(h.decoupled_weight_decay)
+  if decoupled is not None:
+    scale = lr if h.max_lr is None else lr * lr / cast(h.max_lr)
+    decoupled = scale * decoupled
+  return Scalars(
+    decay=decay,
+    one_minus_decay=1 - decay,
+    eps=cast(h.eps),
+    lr=lr,
+    neg_lr=-lr,
+    bias=bias,
+    momentum=maybe(h.momentum),
+    coupled_wd=maybe(h.coupled_weight_decay),
+    decoupled_wd=decoupled,
+  )
+
+
+def update(
+  g: jax.Array,
+  nu: jax.Array,
+  mu: Any,
+  trace: Any,
+  p: Any,
+  sc: Scalars,
+  rule: Rule,
+) -> tuple[jax.Array, jax.Array, Any, Any]:
+  """One RMSProp step of one leaf; returns ``(update, nu, mu, trace)``.
+
+  ``mu`` and ``trace`` are ``None`` where centring or momentum is off, and the
+  parameter ``p`` where weight decay is off for this leaf.
+  """
+  if rule.maximize:
+    g = -g
+  if sc.coupled_wd is not None:
+    g = g + sc.coupled_wd * p
+  nu = sc.one_minus_decay * abs_sq(g) + sc.decay * nu
+  var = nu if sc.bias is None else nu / sc.bias
+  if rule.centered:
+    mu = sc.one_minus_decay * g + sc.decay * mu
+    mu_hat = mu if sc.bias is None else mu / sc.bias
+    # A difference of two nearly equal numbers when the gradient barely
+    # varies: rounding can make it negative and its root NaN.
+    var = jnp.maximum(var - abs_sq(mu_hat), 0)
+  if rule.eps_in_sqrt:
+    s = g * jax.lax.rsqrt(var + sc.eps)
+  else:
+    s = g / (jnp.sqrt(var) + sc.eps)
+  if rule.scale_only:
+    return s, nu, mu, None
+  u, trace = _with_momentum(s, trace, sc, rule)
+  if rule.caution:
+    u = _cautious(u, g)
+  if sc.decoupled_wd is not None:
+    u = u - sc.decoupled_wd * p
+  return u, nu, mu, trace
+
+
+def _with_momentum(
+  s: jax.Array, trace: Any, sc: Scalars, rule: Rule
+) -> tuple[jax.Array, Any]:
+  """The update from ``s``; ``trace`` is the buffer with the update's sign.
+
+  Keeping the libraries' buffer ``b`` negated makes the update *be* the new
+  buffer without Nesterov: one kernel per leaf fewer. Negation is exact.
+  """
+  if sc.momentum is None:
+    return sc.neg_lr * s, None
+  m = sc.momentum
+  if rule.lr_in_momentum:  # optax, Keras, TF: b <- m b + lr s
+    trace = m * trace + sc.neg_lr * s
+    return (sc.neg_lr * s + m * trace if rule.nesterov else trace), trace
+  trace = m * trace - s  # PyTorch: b <- m b + s, and the step is lr b
+  return (sc.lr * (m * trace - s) if rule.nesterov else sc.lr * trace), trace
+
+
+def _cautious(u: jax.Array, g: jax.Array) -> jax.Array:
+  """Zeroes the update where it climbs the gradient, rescaled per leaf.
+
+  Cautious optimizers (Liang et al., 2024): the kept entries are divided by
+  their share of the leaf, floored at 1e-3, as timm does.
+  """
+  keep = (jnp.real(jnp.conj(u) * g) < 0).astype(abs_sq(g).dtype)
+  return u * (keep / jnp.maximum(jnp.mean(keep), 1e-3))
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+  """``|x|**2``, real for complex ``x``."""
+  if jnp.iscomplexobj(x):
+    return (x.conj() * x).real
+  return x * x
