@@ -29,6 +29,9 @@ class Config:
   mask: bool = True  # whether weight decay applies to this leaf
   lr_in_momentum: bool = True
   maximize: bool = False
+  caution: bool = False
+  corrected_weight_decay: bool = False
+  max_lr: float | None = None
 
 
 @dataclass
@@ -88,6 +91,12 @@ def step(
     trace = c.momentum * trace + s
     u = -lr * (s + c.momentum * trace) if c.nesterov else -lr * trace
 
+  if c.caution:  # keep only the entries that descend: Re(conj(u) g) < 0
+    keep = (np.real(np.conj(u) * g) < 0).astype(np.float64)
+    u = u * keep / max(keep.mean(), 1e-3)
+
   if c.weight_decay and c.decoupled_weight_decay and c.mask:
-    u = u - lr * c.weight_decay * p
+    max_lr = lr if c.max_lr is None else c.max_lr
+    scale = lr * lr / max_lr if c.corrected_weight_decay else lr
+    u = u - scale * c.weight_decay * p
   return u, LeafState(nu=nu, mu=mu, trace=trace, k=st.k + 1)

@@ -43,6 +43,17 @@ CASES: dict[str, dict[str, Any]] = {
   "decoupled_weight_decay": dict(weight_decay=0.1, decoupled_weight_decay=True),
   "masked_weight_decay": dict(weight_decay=0.1, mask=True),
   "maximize": dict(maximize=True),
+  "caution": dict(momentum=0.9, caution=True),
+  "caution_nesterov_torch_style": dict(
+    momentum=0.8, nesterov=True, lr_in_momentum=False, caution=True, weight_decay=0.1
+  ),
+  "corrected_weight_decay_schedule": dict(
+    learning_rate="schedule",
+    weight_decay=0.5,
+    decoupled_weight_decay=True,
+    corrected_weight_decay=True,
+    max_lr=0.05,
+  ),
   "schedule": dict(learning_rate="schedule"),
   "schedule_momentum_torch_style": dict(
     learning_rate="schedule", momentum=0.9, lr_in_momentum=False

@@ -50,6 +50,50 @@ def test_bad_hyperparameters_raise_value_error(kwargs, message):
     rmsprop_jax.rmsprop(lr, **kwargs)
 
 
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    (dict(caution=True), "caution=True needs momentum; got momentum=None"),
+    (
+      dict(weight_decay=0.1, corrected_weight_decay=True),
+      "corrected_weight_decay=True corrects decoupled weight decay; pass "
+      "decoupled_weight_decay=True as well",
+    ),
+    (dict(max_lr=0.1), "max_lr is read only with corrected_weight_decay=True"),
+    (
+      dict(decoupled_weight_decay=True, corrected_weight_decay=True, max_lr=0.0),
+      "max_lr must satisfy max_lr > 0; got max_lr=0.0",
+    ),
+    (
+      dict(
+        learning_rate=optax.constant_schedule(0.1),
+        decoupled_weight_decay=True,
+        corrected_weight_decay=True,
+      ),
+      "corrected_weight_decay=True with a learning-rate schedule needs max_lr",
+    ),
+  ],
+  ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_options_that_need_another_are_refused_without_it(kwargs, message):
+  kwargs = dict(kwargs)
+  lr = kwargs.pop("learning_rate", 0.1)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    rmsprop_jax.rmsprop(lr, **kwargs)
+
+
+def test_timm_corrected_weight_decay_with_a_schedule_asks_for_max_lr_by_name():
+  with pytest.raises(ValueError, match=re.escape("got max_lr=None. Pass e.g.")):
+    rmsprop_jax.timm_rmsprop_tf(
+      optax.constant_schedule(0.1),
+      weight_decay=0.1,
+      decoupled_decay=True,
+      corrected_weight_decay=True,
+    )
+  with pytest.raises(ValueError, match=re.escape("lr must satisfy lr >= 0")):
+    rmsprop_jax.timm_rmsprop_tf(-0.1)
+
+
 def test_non_number_hyperparameter_raises_type_error():
   with pytest.raises(TypeError, match="decay must be a real number"):
     rmsprop_jax.rmsprop(0.1, decay="0.9")
