@@ -1,5 +1,6 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
+from rmsprop_jax._optax_state import from_optax, to_optax
 from rmsprop_jax._presets import (
   keras_rmsprop,
   tf1_rmsprop,
@@ -15,11 +16,13 @@ __version__ = "0.1.0"
 __all__ = [
   "QuantizedArray",
   "RMSPropState",
+  "from_optax",
   "keras_rmsprop",
   "rmsprop",
   "scale_by_rms",
   "tf1_rmsprop",
   "tf_keras_legacy_rmsprop",
   "timm_rmsprop_tf",
+  "to_optax",
   "torch_rmsprop",
 ]

@@ -6,10 +6,12 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _presets, _transform
+from rmsprop_jax import _optax_state, _presets, _transform
 
 
-@pytest.mark.parametrize("module", [_transform, _presets], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+  "module", [_transform, _presets, _optax_state], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0
