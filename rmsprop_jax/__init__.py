@@ -1,5 +1,6 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
+from rmsprop_jax import recipes as recipes
 from rmsprop_jax._optax_state import from_optax, to_optax
 from rmsprop_jax._presets import (
   keras_rmsprop,

@@ -6,11 +6,11 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _optax_state, _presets, _transform
+from rmsprop_jax import _optax_state, _presets, _transform, recipes
 
 
 @pytest.mark.parametrize(
-  "module", [_transform, _presets, _optax_state], ids=lambda m: m.__name__
+  "module", [_transform, _presets, _optax_state, recipes], ids=lambda m: m.__name__
 )
 def test_docstring_examples(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
