@@ -6,9 +6,11 @@ dict of float32 arrays filled with a constant pattern.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,7 +34,7 @@ def resnet50(width_div: int = 1, classes: int = 1000) -> Shapes:
   (its running statistics are not parameters). ``width_div`` divides every
   channel count, for the seconds-long smoke run.
 
-  With ``width_div=1``: 161 leaves, 25.5M parameters.
+  With ``width_div=1``: 161 leaves, 25.6M parameters.
   """
   d = width_div
   shapes: Shapes = {"stem/conv": (7, 7, 3, 64 // d)}
@@ -69,7 +71,7 @@ def transformer(
   ``d_model=768, vocab=50257``; the default is narrower so that the full
   benchmark fits a few minutes on a laptop-class CPU.
 
-  With the defaults: 196 leaves, 42.6M parameters.
+  With the defaults: 196 leaves, 42.5M parameters.
   """
   d = d_model
   shapes: Shapes = {"wte": (vocab, d), "wpe": (ctx, d)}
@@ -88,6 +90,21 @@ def transformer(
   shapes["ln_f/scale"] = (d,)
   shapes["ln_f/bias"] = (d,)
   return shapes
+
+
+GPT2_SIZES = {"small": (768, 12), "medium": (1024, 24), "large": (1280, 36)}
+
+
+def gpt2(size: str = "small") -> Shapes:
+  """GPT-2's own layout (Radford et al., 2019): vocabulary 50257, context 1024.
+
+  Sizes (width, blocks): small (768, 12): 196 leaves, 124.4M parameters;
+  medium (1024, 24): 388 leaves, 354.8M; large (1280, 36): 580 leaves, 774.0M.
+  The accelerator profile uses these; ``transformer()``'s narrower default
+  suits a CPU.
+  """
+  d_model, n_layer = GPT2_SIZES[size]
+  return transformer(d_model, n_layer, vocab=50257, ctx=1024)
 
 
 def uniform(n_leaves: int, shape: tuple[int, ...] = (64, 64)) -> Shapes:
@@ -112,3 +129,20 @@ def materialise(shapes: Shapes, value: float) -> dict[str, jnp.ndarray]:
     x = value * (1.0 + 0.5 * np.sin(np.arange(n, dtype=np.float32) * 1e-3))
     out[name] = jnp.asarray(x.reshape(shape))
   return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pattern(shape: tuple[int, ...], value: jax.Array) -> jax.Array:
+  # float32 indices round above 2^24; the pattern still varies along the leaf.
+  i = jnp.arange(math.prod(shape), dtype=jnp.float32)
+  return (value * (1.0 + 0.5 * jnp.sin(i * 1e-3))).reshape(shape)
+
+
+def materialise_on_device(shapes: Shapes, value: float) -> dict[str, jax.Array]:
+  """Like :func:`materialise`, computed on the default device.
+
+  For trees of hundreds of millions of parameters, where filling them on the
+  host and copying them over would take longer than the benchmark.
+  """
+  v = jnp.float32(value)
+  return {name: _pattern(shape, v) for name, shape in shapes.items()}

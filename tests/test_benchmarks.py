@@ -1,38 +1,91 @@
-"""Smoke test of the benchmark script: it runs and reports every section.
+"""Smoke tests of the benchmark scripts: they run and report what they claim.
 
-Timings are never asserted (the machine is shared and noisy); only that the
-quick run completes and that its JSON report has the documented structure.
+Timings are never asserted (the machine is shared and noisy). What is checked:
+both quick runs complete; their JSON has the documented structure; every
+derived number (ratios, GB/s, fractions of the bandwidth, verdicts) agrees
+with the raw medians it is computed from; and the bytes a train step must
+move agree with an independent count.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+import rmsprop_jax
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "run.py"
+BENCH = ROOT / "benchmarks"
 SECTIONS = ("machine", "jitted", "eager", "compile", "memory", "targets")
 VARIANTS = {"plain", "momentum", "centered"}
+STATE_ARRAYS = {"plain": 1, "momentum": 2, "centered": 2}
+LIBS = ("rmsprop_jax", "optax", "floor")
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+  return subprocess.Popen(
+    [sys.executable, *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=ROOT,
+  )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+  try:
+    stdout, stderr = proc.communicate(timeout=180)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise
+  return proc.returncode, stdout, stderr
 
 
 @pytest.fixture(scope="module")
-def quick_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-  out = tmp_path_factory.mktemp("bench") / "quick.json"
-  proc = subprocess.run(
-    [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    cwd=ROOT,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "PASS" in proc.stdout or "MISS" in proc.stdout
-  return json.loads(out.read_text())
+def quick_runs(
+  tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[subprocess.Popen[str], Path]]:
+  """Both quick runs, started together: each mostly keeps one core busy."""
+  json_out = tmp_path_factory.mktemp("bench") / "quick.json"
+  profile_dir = tmp_path_factory.mktemp("accelerator")
+  run_py = _start(str(BENCH / "run.py"), "--quick", "--json", str(json_out))
+  accel = _start(str(BENCH / "accelerator.py"), "--quick", "--out", str(profile_dir))
+  return {"run": (run_py, json_out), "accelerator": (accel, profile_dir)}
+
+
+def float32_step_bytes(n: int, variant: str) -> int:
+  """Read params, grads and the state arrays; write params and the state."""
+  return 4 * n * (1 + 1 + STATE_ARRAYS[variant]) + 4 * n * (1 + STATE_ARRAYS[variant])
+
+
+def approx(x: float) -> Any:
+  return pytest.approx(x, rel=1e-9)
+
+
+# --------------------------------------------------------------------------
+# benchmarks/run.py --quick
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_runs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+  proc, out = quick_runs["run"]
+  returncode, stdout, stderr = _finish(proc)
+  assert returncode == 0, stderr[-4000:]
+  return json.loads(out.read_text()), stdout
+
+
+@pytest.fixture(scope="module")
+def quick_report(quick_run: tuple[dict[str, Any], str]) -> dict[str, Any]:
+  return quick_run[0]
 
 
 def test_quick_run_reports_every_section(quick_report: dict[str, Any]) -> None:
@@ -40,26 +93,59 @@ def test_quick_run_reports_every_section(quick_report: dict[str, Any]) -> None:
     assert quick_report[section], f"section {section!r} is empty"
 
 
-def test_jitted_rows_cover_all_variants_and_three_contenders(
+def test_jitted_ratios_are_those_of_the_raw_medians(
   quick_report: dict[str, Any],
 ) -> None:
   rows = quick_report["jitted"]
   assert {r["variant"] for r in rows} == VARIANTS
   for r in rows:
-    for key in ("rmsprop_jax_ms", "optax_ms", "floor_ms"):
-      assert r[key] > 0
-    # The ratios are recomputed here from the raw medians.
-    assert r["vs_optax"] == pytest.approx(r["rmsprop_jax_ms"] / r["optax_ms"])
-    assert r["vs_floor"] == pytest.approx(r["rmsprop_jax_ms"] / r["floor_ms"])
+    ms = {lib: r["times"][lib]["median_ms"] for lib in LIBS}
+    for lib in LIBS:
+      assert r[f"{lib}_ms"] == ms[lib] > 0
+    assert r["vs_optax"] == approx(ms["rmsprop_jax"] / ms["optax"])
+    assert r["vs_floor"] == approx(ms["rmsprop_jax"] / ms["floor"])
+    assert r["pass"] == (r["vs_optax"] <= 1.05 and r["vs_floor"] <= 1.10)
 
 
-def test_eager_and_compile_rows_cover_all_variants(
+def test_jitted_bytes_per_step_match_an_independent_count(
+  quick_report: dict[str, Any],
+) -> None:
+  for r in quick_report["jitted"]:
+    want = float32_step_bytes(r["params"], r["variant"])
+    assert r["bytes_per_step"] == want
+    assert r["bytes"] == {lib: want for lib in LIBS}
+
+
+def test_jitted_bandwidth_figures_are_bytes_over_time(
+  quick_report: dict[str, Any],
+) -> None:
+  bw = quick_report["machine"]["bandwidth"]
+  assert bw["copy"]["bytes"] == 2 * bw["array_bytes"]
+  assert bw["triad"]["bytes"] == 3 * bw["array_bytes"]
+  for kernel in ("copy", "triad"):
+    k = bw[kernel]
+    assert k["gbps"] == approx(k["bytes"] / k["median_ms"] / 1e6)
+  assert bw["reference_gbps"] == bw["copy"]["gbps"]
+  for r in quick_report["jitted"]:
+    for lib in LIBS:
+      achieved = r["bytes"][lib] / r[f"{lib}_ms"] / 1e6
+      assert r[f"{lib}_gbps"] == approx(achieved)
+      assert r[f"{lib}_of_bandwidth"] == approx(achieved / bw["reference_gbps"])
+
+
+def test_eager_and_compile_ratios_are_those_of_the_raw_medians(
   quick_report: dict[str, Any],
 ) -> None:
   assert {r["variant"] for r in quick_report["eager"]} == VARIANTS
+  for r in quick_report["eager"]:
+    assert r["speedup"] == approx(r["optax_ms"] / r["rmsprop_jax_ms"])
+    assert r["target_applies"] == (r["leaves"] >= 100)
   assert {r["variant"] for r in quick_report["compile"]} >= VARIANTS
   for r in quick_report["compile"]:
     assert r["rmsprop_jax_total_ms"] > 0 and r["optax_total_ms"] > 0
+    assert r["vs_optax"] == approx(r["rmsprop_jax_total_ms"] / r["optax_total_ms"])
+    assert r["cpu_vs_optax"] == approx(r["rmsprop_jax_cpu_ms"] / r["optax_cpu_ms"])
+    assert r["pass"] == (r["cpu_vs_optax"] <= 1.05)
 
 
 def test_state_bytes_match_the_state_the_optimizer_allocates(
@@ -67,13 +153,144 @@ def test_state_bytes_match_the_state_the_optimizer_allocates(
 ) -> None:
   # Independent count: float32 nu (+ one more array for momentum or centring),
   # each 4 bytes per parameter; bfloat16 storage halves it.
-  expected = {"plain": 4.0, "momentum": 8.0, "centered": 8.0}
   for r in quick_report["memory"]["state"]:
     if r["lib"] == "rmsprop_jax":
       scale = 0.5 if r["state_dtype"] == "bfloat16" else 1.0
-      assert r["bytes_per_param"] == expected[r["variant"]] * scale
+      assert r["bytes_per_param"] == 4.0 * STATE_ARRAYS[r["variant"]] * scale
 
 
-def test_every_target_has_a_verdict(quick_report: dict[str, Any]) -> None:
-  for t in quick_report["targets"]:
+def test_every_row_has_its_verdict_and_the_summary_counts_them(
+  quick_run: tuple[dict[str, Any], str],
+) -> None:
+  report, stdout = quick_run
+  n_eager = sum(r["target_applies"] for r in report["eager"])
+  n_rows = len(report["jitted"]) + n_eager + len(report["compile"])
+  # 6 state sizes, one accumulator per leaf, 3 train steps' temporaries
+  assert len(report["targets"]) == n_rows + 6 + 1 + 3
+  for t in report["targets"]:
     assert isinstance(t["pass"], bool), t
+  n_pass = sum(t["pass"] for t in report["targets"])
+  assert f"{n_pass} PASS, {len(report['targets']) - n_pass} MISS" in stdout
+
+
+# --------------------------------------------------------------------------
+# benchmarks/accelerator.py --quick (on whatever device the tests run)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def profile(quick_runs: dict[str, Any]) -> dict[str, Any]:
+  proc, out = quick_runs["accelerator"]
+  returncode, stdout, stderr = _finish(proc)
+  assert returncode == 0, stderr[-4000:]
+  files = list(out.iterdir())
+  assert len(files) == 1, files
+  result = json.loads(files[0].read_text())
+  assert files[0].name == f"{result['device']['slug']}-quick.json"
+  assert str(files[0]) in stdout
+  return result
+
+
+def test_profile_describes_the_device(profile: dict[str, Any]) -> None:
+  assert profile["schema"] == 1 and profile["quick"] is True
+  device = profile["device"]
+  dev = jax.devices()[0]
+  assert device["platform"] == dev.platform
+  assert device["device_kind"] == dev.device_kind
+  assert device["jax"] == jax.__version__
+  assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", device["slug"])
+  if dev.platform == "cpu":
+    assert device["slug"].startswith("cpu-")
+    assert device["nvidia_smi"] is None
+
+
+def test_profile_bandwidth_is_bytes_read_and_written_over_time(
+  profile: dict[str, Any],
+) -> None:
+  bw = profile["bandwidth"]
+  assert bw["copy"]["bytes"] == 2 * bw["array_bytes"]
+  assert bw["reference_gbps"] == approx(
+    bw["copy"]["bytes"] / bw["copy"]["median_ms"] / 1e6
+  )
+
+
+def test_profile_covers_every_tree_variant_and_state_dtype(
+  profile: dict[str, Any],
+) -> None:
+  rows = profile["steps"]
+  trees = {r["tree"] for r in rows}
+  assert len(rows) == 3 * len(trees) and len(trees) >= 2
+  for r in rows:
+    names = set(r["contenders"])
+    assert names >= set(LIBS)
+    extra = {"rmsprop_jax bfloat16", "rmsprop_jax float8_e4m3fn"}
+    assert names - set(LIBS) == (extra if r["variant"] == "plain" else set())
+    assert set(r["state_dtype_vs_float32"]) == {n.split()[1] for n in names - set(LIBS)}
+
+
+def test_profile_ratios_and_rates_are_those_of_the_raw_medians(
+  profile: dict[str, Any],
+) -> None:
+  copy = profile["bandwidth"]["reference_gbps"]
+  for r in profile["steps"]:
+    c = r["contenders"]
+    ms = {name: x["median_ms"] for name, x in c.items()}
+    assert r["vs_optax"] == approx(ms["rmsprop_jax"] / ms["optax"])
+    assert r["vs_floor"] == approx(ms["rmsprop_jax"] / ms["floor"])
+    for dtype, ratio in r["state_dtype_vs_float32"].items():
+      assert ratio == approx(ms[f"rmsprop_jax {dtype}"] / ms["rmsprop_jax"])
+    for x in c.values():
+      assert x["q1_ms"] <= x["median_ms"] <= x["q3_ms"]
+      assert x["gbps"] == approx(x["bytes_per_step"] / x["median_ms"] / 1e6)
+      assert x["of_copy"] == approx(x["gbps"] / copy)
+
+
+def test_profile_bytes_per_step_match_an_independent_count(
+  profile: dict[str, Any],
+) -> None:
+  for r in profile["steps"]:
+    n, c = r["params"], r["contenders"]
+    for lib in LIBS:
+      assert c[lib]["bytes_per_step"] == float32_step_bytes(n, r["variant"])
+    if r["variant"] != "plain":
+      continue
+    # params read and written, grads read (float32); nu read and written.
+    assert c["rmsprop_jax bfloat16"]["bytes_per_step"] == 12 * n + 2 * 2 * n
+    # float8: a byte per parameter plus block scales, or float32 for small leaves.
+    f8 = c["rmsprop_jax float8_e4m3fn"]["bytes_per_step"]
+    assert 12 * n + 2 * n < f8 < 12 * n + 2 * 4 * n
+
+
+def test_profile_float8_bytes_match_the_state_the_optimizer_allocates(
+  profile: dict[str, Any],
+) -> None:
+  row = next(
+    r for r in profile["steps"] if r["leaves"] == 1 and r["variant"] == "plain"
+  )
+  n = row["params"]
+  opt = rmsprop_jax.rmsprop(1e-3, state_dtype=jnp.float8_e4m3fn)
+  state = opt.init({"w": jnp.zeros((n,))})
+  nu_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  want = 12 * n + 2 * nu_bytes
+  assert row["contenders"]["rmsprop_jax float8_e4m3fn"]["bytes_per_step"] == want
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the guard is for CPUs")
+def test_full_profile_on_a_cpu_stops_with_a_message(tmp_path: Path) -> None:
+  returncode, _, stderr = _finish(
+    _start(str(BENCH / "accelerator.py"), "--out", str(tmp_path))
+  )
+  assert returncode == 2
+  assert "--quick" in stderr and "--allow-cpu" in stderr
+  assert not list(tmp_path.iterdir())
+
+
+def test_device_names_become_file_names() -> None:
+  sys.path.insert(0, str(BENCH))
+  try:
+    from device import slugify  # pyright: ignore[reportMissingImports]
+  finally:
+    sys.path.remove(str(BENCH))
+  assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+  assert slugify("TPU v5 lite") == "tpu-v5-lite"
+  assert slugify("Intel(R) Xeon(R) Processor") == "intel-r-xeon-r-processor"
