@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rmsprop_jax
+from tests._expect import centred_warning
 
 SHAPES = [(), (0,), (3,), (2, 3), (1, 0, 2)]
 DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32, jnp.complex64]
@@ -142,7 +143,8 @@ def _run_two_steps(
   rng = np.random.default_rng(seed)
   cast = _widen if widen else (lambda t: t)
   params = cast(_materialise(spec_tree, rng, 1.0))
-  opt = rmsprop_jax.rmsprop(**config)
+  with centred_warning(config.get("centered", False), config.get("state_dtype")):
+    opt = rmsprop_jax.rmsprop(**config)
   state = opt.init(params)
   updates = None
   for _ in range(2):
@@ -211,14 +213,15 @@ def test_scale_by_rms_keeps_structure_dtypes_and_finiteness(
   rng = np.random.default_rng(seed)
   params = _materialise(spec_tree, rng, 1.0)
   # The denominator is at least sqrt(eps) (or eps): keep |s| within fp16.
-  tx = rmsprop_jax.scale_by_rms(
-    decay,
-    1e-6 if eps_in_sqrt else 1e-2,
-    centered=centered,
-    bias_correction=bias_correction,
-    eps_in_sqrt=eps_in_sqrt,
-    state_dtype=state_dtype,
-  )
+  with centred_warning(centered, state_dtype):
+    tx = rmsprop_jax.scale_by_rms(
+      decay,
+      1e-6 if eps_in_sqrt else 1e-2,
+      centered=centered,
+      bias_correction=bias_correction,
+      eps_in_sqrt=eps_in_sqrt,
+      state_dtype=state_dtype,
+    )
   state = tx.init(params)
   for _ in range(2):
     updates, state = tx.update(_materialise(spec_tree, rng, 1.0), state)

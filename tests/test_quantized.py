@@ -27,6 +27,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import _quantized as q
+from tests._expect import centred_warning
 
 FLOAT8 = [
   pytest.param(jnp.float8_e4m3fn, id="e4m3fn"),
@@ -256,10 +257,16 @@ def _grads(i):
 FULL = dict(momentum=0.9, centered=True)
 
 
+def _full(dtype):
+  """Every state leaf quantized: momentum and centring (which warns on 8 bits)."""
+  with centred_warning(True, dtype):
+    return rmsprop_jax.rmsprop(0.01, state_dtype=dtype, **FULL)
+
+
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_state_keeps_structure_logical_shapes_and_dtype(dtype):
   params = _params()
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=dtype, **FULL)
+  opt = _full(dtype)
   state = opt.init(params)
   for _ in range(2):
     _, state = opt.update(_grads(0), state, params)
@@ -286,7 +293,7 @@ def test_leaves_below_the_threshold_stay_float32(dtype):
     "scalar": jnp.ones(()),
     "big": jnp.ones((q.MIN_SIZE,)),
   }
-  state = rmsprop_jax.rmsprop(0.01, state_dtype=dtype, **FULL).init(params)
+  state = _full(dtype).init(params)
   for tree in (state.nu, state.mu, state.trace):
     for name in ("small", "square", "scalar"):
       assert tree[name].dtype == jnp.float32
@@ -464,7 +471,7 @@ def test_presets_take_8bit_state_and_follow_their_float32_run(preset):
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_eager_and_jit_updates_are_bit_identical(dtype):
   params = _params()
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=dtype, **FULL)
+  opt = _full(dtype)
 
   def run(update):
     state = opt.init(params)
@@ -484,7 +491,7 @@ def test_eager_and_jit_updates_are_bit_identical(dtype):
 def test_vmap_over_a_batch_of_models_equals_one_model_at_a_time():
   params = {"w": jnp.stack([_params()["w"], 2 * _params()["w"]])}
   grads = {"w": jnp.stack([_grads(0)["w"], _grads(1)["w"]])}
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=jnp.float8_e4m3fn, **FULL)
+  opt = _full(jnp.float8_e4m3fn)
   u, state = jax.vmap(opt.update)(grads, jax.vmap(opt.init)(params), params)
   for i in range(2):
     p_i = {"w": params["w"][i]}
@@ -522,7 +529,7 @@ def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
 def test_orbax_checkpoint_restores_8bit_state_and_continues_bit_exactly(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   params = _params()
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=jnp.float8_e4m3fn, **FULL)
+  opt = _full(jnp.float8_e4m3fn)
   step = jax.jit(opt.update)
   state = opt.init(params)
   _, state = step(_grads(0), state, params)
@@ -544,7 +551,7 @@ def test_orbax_checkpoint_restores_8bit_state_and_continues_bit_exactly(tmp_path
 
 def test_complex_parameters_quantize_nu_and_keep_mu_trace_complex64():
   p = jnp.ones((64, 128), jnp.complex64)
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=jnp.float8_e4m3fn, **FULL)
+  opt = _full(jnp.float8_e4m3fn)
   state = opt.init(p)
   u, state = opt.update(p * (1 + 2j), state, p)
   assert isinstance(state.nu, q.QuantizedArray)
@@ -623,7 +630,7 @@ def test_fsdp_sharded_state_keeps_whole_blocks_per_shard_without_collectives():
 
 def test_jitted_init_equals_eager_init():
   params = _params()
-  opt = rmsprop_jax.rmsprop(0.01, state_dtype=jnp.float8_e4m3fn, **FULL)
+  opt = _full(jnp.float8_e4m3fn)
   eager = opt.init(params)
   jitted = jax.jit(opt.init)(params)
   assert jax.tree.structure(eager) == jax.tree.structure(jitted)

@@ -22,6 +22,7 @@ import pytest
 
 import rmsprop_jax
 from tests import _sharding_cases as cases
+from tests._expect import centred_warning
 
 WORKER = os.path.join(os.path.dirname(__file__), "_sharding_worker.py")
 CASES = [
@@ -180,13 +181,14 @@ def _bits(x: jax.Array) -> np.ndarray:
 def test_jitted_init_equals_eager_init_bitwise(dtype, shape):
   params = {"p": jnp.full(shape, -1.5, dtype)}
   for state_dtype in (None, jnp.bfloat16):
-    opt = rmsprop_jax.rmsprop(
-      0.1,
-      initial_scale=0.25,
-      momentum=0.9,
-      centered=True,
-      state_dtype=state_dtype,
-    )
+    with centred_warning(True, state_dtype):
+      opt = rmsprop_jax.rmsprop(
+        0.1,
+        initial_scale=0.25,
+        momentum=0.9,
+        centered=True,
+        state_dtype=state_dtype,
+      )
     eager, jitted = opt.init(params), jax.jit(opt.init)(params)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
       assert (a.shape, a.dtype) == (b.shape, b.dtype)

@@ -21,6 +21,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._expect import centred_warning
 
 STEPS = 10_000
 LR = 1e-3
@@ -193,7 +194,8 @@ def test_centered_bfloat16_state_tracks_the_float32_variance():
   grads = (1.0 + 0.03 * rng.normal(size=(300, 64))).astype(np.float32)
   largest = {}
   for dtype in (jnp.float32, jnp.bfloat16):
-    opt = rmsprop_jax.rmsprop(1.0, 0.9, centered=True, state_dtype=dtype)
+    with centred_warning(True, dtype):
+      opt = rmsprop_jax.rmsprop(1.0, 0.9, centered=True, state_dtype=dtype)
     update = jax.jit(opt.update)
     state = opt.init(jnp.zeros(64))
     for g in grads:

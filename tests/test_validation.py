@@ -186,6 +186,60 @@ def test_centered_with_low_precision_state_warns(factory):
     factory(*args, centered=True, state_dtype=jnp.bfloat16)
 
 
+CENTRED_BF16 = {
+  "rmsprop": lambda: rmsprop_jax.rmsprop(0.1, centered=True, state_dtype=jnp.bfloat16),
+  "scale_by_rms": lambda: rmsprop_jax.scale_by_rms(
+    centered=True, state_dtype=jnp.bfloat16
+  ),
+  "torch_rmsprop": lambda: rmsprop_jax.torch_rmsprop(
+    centered=True, state_dtype=jnp.bfloat16
+  ),
+  "keras_rmsprop": lambda: rmsprop_jax.keras_rmsprop(
+    centered=True, state_dtype=jnp.bfloat16
+  ),
+  "tf1_rmsprop": lambda: rmsprop_jax.tf1_rmsprop(
+    0.1, centered=True, state_dtype=jnp.bfloat16
+  ),
+  "timm_rmsprop_tf": lambda: rmsprop_jax.timm_rmsprop_tf(
+    centered=True, state_dtype=jnp.bfloat16
+  ),
+  "tf_keras_legacy_rmsprop": lambda: rmsprop_jax.tf_keras_legacy_rmsprop(
+    centered=True, state_dtype=jnp.bfloat16
+  ),
+  # The constructor runs inside optax, when init is called.
+  "inject_hyperparams": lambda: optax.inject_hyperparams(
+    rmsprop_jax.rmsprop, static_args=("state_dtype",)
+  )(0.1, centered=True, state_dtype=jnp.bfloat16).init(jnp.ones(2)),
+}
+
+
+@pytest.mark.parametrize("entry", list(CENTRED_BF16))
+def test_warning_names_the_users_line_from_every_entry_point(entry):
+  with pytest.warns(UserWarning, match="centered=True") as record:
+    CENTRED_BF16[entry]()
+  assert [w.filename for w in record] == [__file__]
+
+
+@pytest.mark.parametrize(
+  ("dtype", "bits"),
+  [(jnp.bfloat16, 7), (jnp.float16, 10), (jnp.float8_e4m3fn, 3), (jnp.float8_e5m2, 2)],
+)
+def test_warning_states_the_formats_own_mantissa_width(dtype, bits):
+  with pytest.warns(UserWarning, match=f"with a {bits}-bit mantissa") as record:
+    rmsprop_jax.rmsprop(0.1, centered=True, state_dtype=dtype)
+  assert "8-bit mantissa" not in str(record[0].message)
+
+
+def test_numpy_float64_params_without_x64_need_no_warning(recwarn):
+  assert not jax.config.read("jax_enable_x64")
+  params = np.ones(3)  # float64, the most ordinary NumPy input
+  opt = rmsprop_jax.rmsprop(1e-3, momentum=0.9, centered=True)
+  state = opt.init(params)
+  updates, state = opt.update(np.full(3, 0.5), state, params)
+  assert state.nu.dtype == jnp.float32 and updates.dtype == jnp.float32
+  assert [str(w.message) for w in recwarn] == []
+
+
 def test_state_dtype_array_from_inject_hyperparams_points_to_static_args():
   with pytest.raises(TypeError, match=re.escape("static_args=('state_dtype',)")):
     rmsprop_jax.rmsprop(0.1, state_dtype=jnp.zeros((), jnp.bfloat16))
