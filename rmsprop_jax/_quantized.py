@@ -1,50 +1,13 @@
 r"""Block-wise 8-bit storage of optimizer-state leaves.
 
-With ``state_dtype=jnp.float8_e4m3fn`` (or ``jnp.float8_e5m2``) every state
-leaf of at least :data:`MIN_SIZE` elements is kept as a :class:`QuantizedArray`:
-one float8 *code* per element plus one float32 *scale* per block of at most
-:data:`BLOCK_SIZE` consecutive elements of the last axis. The value of an
-element is ``code * scale``; the arithmetic of the update happens in float32.
-
-Design:
-
-* **Layout.** Blocks run along the last axis and never cross a row, so a leaf
-  sharded on any other axis (e.g. FSDP on axis 0) keeps whole blocks on every
-  shard and encoding needs no communication. A last axis shorter than
-  :data:`BLOCK_SIZE` is a single block; a longer one ends in a partial block.
-  Codes keep the leaf's own shape, scales have shape ``shape[:-1] + (blocks,)``.
-* **What is stored.** ``nu`` is stored as ``a = sqrt(nu)`` ("sqrt" kind): the
-  step divides by ``sqrt(nu)`` anyway, and the root halves the dynamic range,
-  so eight orders of magnitude of ``nu`` need only four of float8 range.
-  ``mu`` and ``trace`` are stored as themselves ("signed" kind).
-* **Scale.** A power of two per block, ``2^k``, the least that puts the block
-  maximum at or below ``F``, the largest finite float8 number: the maximum
-  lands in the top binade, and the block keeps the whole float8 range below
-  it (e4m3fn: ~2^17, e5m2: ~2^31), less at most one binade.
-* **Rounding.** ``a`` is rounded *stochastically* to the float8 mantissa
-  width, so that slow moving averages (``decay`` close to 1) still move when
-  a step changes them by less than half a float8 step (round-to-nearest
-  would freeze them, rounding up would never let them decay). The dither is
-  deterministic, ``frac(t φ + i ψ)`` for store counter ``t`` and element
-  index ``i`` (:func:`_dither`; the counter lives in the unused low mantissa
-  bits of each block's scale), so runs are bit-reproducible, eager equals
-  jit and a sharded run equals an unsharded one; and it is a Weyl sequence
-  over successive stores, so rounding errors of an element cancel over time
-  instead of adding up like a random walk. ``mu`` and ``trace`` round
-  unbiasedly. The root of ``nu`` rounds so that its *reciprocal* (the step)
-  is unbiased, plus an upward push proportional to how much ``nu`` shrank
-  (:func:`_round_root`): its log never drifts down, so errors do not
-  compound while ``nu`` decays, and ``nu`` still decays. A power-of-two
-  scale makes ``a / 2^k`` then exact, except in the float8 subnormal range,
-  where the "sqrt" kind rounds *up* (a positive ``nu`` is never stored as
-  zero: a flushed ``nu`` would turn the step into ``g / sqrt(eps)``) and
-  the "signed" kind rounds stochastically again. One store keeps the
-  decoded ``nu`` at least ``(8/9)^2 ≈ 0.79`` (e4m3fn) or ``(4/5)^2 = 0.64``
-  (e5m2) times its input: one step grows by at most 1.13x (e4m3fn) or 1.25x
-  (e5m2).
-* **Speed.** Rounding before scaling also makes the intermediate between
-  the two passes over ``a`` (block maximum, then codes) exactly
-  representable in bfloat16, half the memory traffic of float32.
+With an 8-bit float ``state_dtype`` every state leaf of at least
+:data:`MIN_SIZE` elements is a :class:`QuantizedArray`: one float8 code per
+element and one power-of-two float32 scale per block of at most
+:data:`BLOCK_SIZE` elements along the last axis (so sharding any other axis
+keeps blocks whole). ``nu`` is stored as its root. Values are rounded with a
+deterministic dither, so runs are bit-reproducible on every path. The design,
+and why each choice keeps the steps close to float32 state, is on the
+documentation's "Low-memory state" page.
 """
 
 from __future__ import annotations
@@ -183,21 +146,13 @@ _COUNTER_MASK = (1 << 23) - 1
 
 
 def _dither(counter: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  r"""Per-element uint32 dither, a fraction ``u`` in [0, 1) times ``2^32``.
+  r"""Per-element uint32 dither ``frac(t φ + i ψ) · 2^32``.
 
-  .. math:: u = \operatorname{frac}(t \varphi + i \psi)
-
-  with ``t`` the block's store counter, ``i`` the element's flat index,
-  ``φ = (√5 - 1) / 2`` and ``ψ`` another irrational-like constant (both as
-  32-bit fixed point). For one element, successive stores see the Weyl
-  sequence ``frac(t φ + c)``, the most evenly spread sequence in [0, 1):
-  over any ``n`` consecutive stores the number of dithers below a threshold
-  is ``n`` times the threshold give or take a few, not give or take
-  ``√n`` as with independent random bits. That is what keeps rounding
-  errors from compounding while ``nu`` decays. A dither hashed from the
-  value alone would be worse still: a value that repeats (``nu`` under a
-  zero or constant gradient) would round the same way at every store, and
-  the chain of roundings could stop at a fixed point, ``nu`` frozen.
+  ``t`` is the block's store counter and ``i`` the element's flat index. For
+  one element, successive stores see a Weyl sequence, the most evenly spread
+  sequence in [0, 1): its rounding errors cancel over time instead of adding
+  up like a random walk, and a repeated value is not rounded the same way
+  forever.
   """
   index = jnp.zeros(shape, jnp.uint32)
   for axis, n in enumerate(shape):
@@ -235,27 +190,10 @@ def _round_root(
 ) -> jax.Array:
   r"""``a = sqrt(nu) >= 0`` (float32) rounded to ``mbits`` mantissa bits.
 
-  Between the grid points ``L <= a < H`` the result is ``H`` for a share
-
-  .. math:: p = \frac{a - L}{H - L} \cdot \frac{H}{a} + \text{push}
-
-  of dithers (capped at 1; ``a`` on the grid stays), else ``L``, where
-  ``push = κ max(0, 1 - a² / nu_old)``. The first
-  term makes the *reciprocal* unbiased, ``E[1/result] = 1/a``: the step
-  ``g / sqrt(nu)`` is right on average, and by Jensen
-  ``E[log result] >= log a``, so the ratio of the stored to the true root
-  has no downward drift however often it is re-rounded while ``nu`` decays.
-  (Rounding ``a`` itself unbiasedly drifts *down* in ``log``, by about
-  ``f (1 - f) s^2 / 2`` per store for grid spacing ``s``, and those losses
-  compound: the failure this replaces.) ``push`` adds an upward drift while
-  ``nu`` shrinks, with ``κ =`` :data:`ROOT_PUSH`: ``κ (1 - decay)`` per store under a zero gradient, so
-  it is proportional to the decay it guards, and about zero where the
-  gradient keeps ``nu`` steady (a constant push would add up over the
-  ``1 / (1 - decay)`` steps ``nu`` remembers and inflate it). With the
-  equidistributed dither of :func:`_dither`, the number of down-roundings
-  of an element over any run of stores stays close to its expectation, so
-  the stored root stays within a few grid steps of the true one instead of
-  wandering like a random walk.
+  Between grid points ``L <= a < H`` it rounds up for a share
+  ``(a - L) / (H - L) * H / a`` of dithers, which makes ``1 / result``, the
+  step, unbiased (so the stored root cannot drift down while ``nu`` decays),
+  plus ``ROOT_PUSH * (1 - a**2 / nu_old)`` while ``nu`` shrinks.
 
   Args:
     a: the root, non-negative float32.
@@ -339,23 +277,17 @@ def encode(
 ) -> QuantizedArray:
   """Quantizes ``value`` (the real state, any float dtype) block-wise.
 
-  Three steps: (1) ``a`` (the value, or the root of ``nu``) is rounded
-  stochastically to the float8 mantissa width, in float32; (2) per block,
-  the scale is the power of two ``2^k`` that puts the block maximum in the
-  top binade of the float8 format; (3) ``a / 2^k`` is then on the float8
-  grid (exact, a power-of-two scaling) except in the subnormal range.
-  Rounding before scaling is what a power-of-two scale allows, and it lets
-  the intermediate between the two passes over ``a`` (maximum, then codes)
-  be bfloat16 without any loss: half the memory traffic of float32.
+  ``a`` (the value, or the root of ``nu``) is rounded to the float8 mantissa
+  width first; the block's power-of-two scale then maps it onto the float8
+  grid exactly (except in the subnormal range), and the intermediate fits
+  bfloat16 without loss.
 
   Args:
     value: the state leaf in its compute dtype; non-negative for "sqrt".
     dtype: a float8 dtype from :data:`FLOAT8_DTYPES`.
     kind: "sqrt" to store ``sqrt(value)`` (for ``nu``), "signed" for the value.
-    prev: the leaf this one replaces, if any. Each block's scale carries a
-      store counter in its (otherwise zero) low mantissa bits; the new
-      counter is ``prev``'s plus one (0 without ``prev``) and sets the
-      dither of the rounding, so successive stores draw fresh ones.
+    prev: the leaf this one replaces, if any: its scales' store counters,
+      plus one, set the new dither.
 
   Returns:
     A :class:`QuantizedArray` with ``decode(result) ≈ value``.

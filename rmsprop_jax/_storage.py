@@ -55,34 +55,19 @@ def storage_dtype(
 
 
 def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:
-  r"""An array shaped, and sharded, like ``param``, filled with ``value``.
+  """An array shaped, and sharded, like ``param``, filled with ``value``.
 
-  A concrete ``param`` carries its sharding, which ``jnp.full_like`` copies.
-  A traced one (``jax.jit(opt.init)``) carries none on a mesh with ``Auto``
-  axes: a constant fill would then be laid out by the compiler's default,
-  replicated or on one device. So under tracing the fill is computed *from*
-  ``param``, elementwise, and sharding propagation gives it ``param``'s
-  layout (on ``Explicit`` axes the sharding is part of the type and flows
-  through the same ops):
-
-  .. math:: z = |\operatorname{Re}(p)| \cdot 0, \qquad
-    \text{out} = \operatorname{select}(\operatorname{isfinite}(z), z, 0)
-    + \text{value}
-
-  ``z`` is ``+0`` for a finite ``p`` and NaN for a NaN or infinite one, so
-  the select keeps non-finite parameters out of the state and the sum is
-  exactly ``value``, bit for bit (the ``abs`` keeps the sign of ``-0.0``
-  parameters out: XLA folds ``x + 0`` to ``x``). XLA keeps the multiply (it
-  may not fold ``x * 0`` for floats), so the dependency survives compilation.
+  A traced ``param`` (``jax.jit(opt.init)`` on an ``Auto`` mesh) carries no
+  sharding, so a constant fill would be placed by the compiler's default.
+  The fill is therefore computed *from* ``param``: ``|Re(p)| * 0``, with
+  non-finite entries replaced by 0, plus ``value``. That is exactly
+  ``value`` bit for bit, and sharding propagation gives it ``param``'s
+  layout (XLA may not fold ``x * 0`` for floats, so the dependency stays).
 
   Args:
-    param: the parameter leaf (any floating or complex dtype, any shape,
-      including scalars and zero-size arrays).
+    param: the parameter leaf (any floating or complex dtype and shape).
     value: the fill value, a scalar.
     dtype: the dtype of the result.
-
-  Returns:
-    An array of ``param``'s shape and sharding, ``dtype``, equal to ``value``.
   """
   dtype = jnp.dtype(dtype)
   if not isinstance(param, Tracer):

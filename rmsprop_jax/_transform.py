@@ -298,7 +298,9 @@ def _centered_state_warning(centered: bool, state_dtype: jnp.dtype | None) -> No
   if not centered or state_dtype is None or state_dtype.itemsize >= 4:
     return
   bits = int(jnp.finfo(state_dtype).nmant)
-  spread = 100 * 2.0 ** (-bits / 2)
+  # Rounding nu and |mu|^2 to the format loses about 2**-(bits + 1) of each, as
+  # much as the variance holds once the spread is below 2**-((bits + 1) / 2).
+  spread = 100 * 2.0 ** (-(bits + 1) / 2)
   v.warn(
     f"centered=True with state_dtype={state_dtype.name}: the variance "
     f"nu - |mu|^2 is a difference of two rounded numbers, and with a {bits}-bit "
