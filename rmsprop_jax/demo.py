@@ -7,8 +7,9 @@ Run it with::
 
 It generates the data set itself (no download), trains one small MLP per
 optimizer from the same initial weights under ``jax.jit``, prints the loss as
-it falls and a final table, and saves two figures into ``DIR``:
-``loss_curves.png`` and ``decision_boundary.png``. matplotlib and tqdm are
+it falls and a final table, and saves two figures into ``DIR`` (default
+``demo_output/``), printing where: ``loss_curves.png`` and
+``decision_boundary.png``. matplotlib and tqdm are
 optional: without tqdm (or without a terminal) progress is printed as plain
 lines, and without matplotlib the figures are skipped with a message.
 """
@@ -33,6 +34,9 @@ import rmsprop_jax
 
 Params = dict[str, jax.Array]
 LOSS_FILE = "loss_curves.png"
+# A folder of its own (ignored by the repository's .gitignore), so that running
+# the demo in a clone leaves the clone clean.
+DEFAULT_OUT = "demo_output"
 BOUNDARY_FILE = "decision_boundary.png"
 
 
@@ -334,8 +338,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument(
     "--out",
     type=pathlib.Path,
-    default=pathlib.Path("."),
-    help="folder for the PNG figures (default: .)",
+    default=pathlib.Path(DEFAULT_OUT),
+    help=f"folder for the PNG figures (default: {DEFAULT_OUT})",
   )
   parser.add_argument(
     "--seed", type=int, default=0, help="seed of the data and the initial weights"
@@ -365,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print("\nTraining loss\n" + loss_table(results))
   print("\n" + summary_table(results))
   for path in save_plots(results, data, args.out):
-    print(f"saved {path}")
+    print(f"saved {path.resolve()}")
   return 0
 
 

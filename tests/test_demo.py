@@ -172,3 +172,28 @@ def test_demo_module_runs_as_a_script():
   )
   assert proc.returncode == 0, proc.stderr
   assert "--steps" in proc.stdout and "--out" in proc.stdout
+
+
+def test_default_output_folder_leaves_a_clone_clean():
+  # The README's first command (pip install, then the demo from the root of
+  # the clone) writes only files that git ignores.
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = demo.parse_args([]).out
+  assert out == pathlib.Path(demo.DEFAULT_OUT)
+  written = [out / demo.LOSS_FILE, out / demo.BOUNDARY_FILE, "build/lib/x.py"]
+  written.append("rmsprop_jax.egg-info/PKG-INFO")
+  if not (root / ".git").exists():
+    pytest.skip("not a git checkout")
+  proc = subprocess.run(
+    ["git", "check-ignore", "--no-index", *map(str, written)],
+    cwd=root,
+    capture_output=True,
+    text=True,
+  )
+  assert proc.stdout.split() == [str(p) for p in written], proc.stderr
+
+
+def test_demo_prints_the_absolute_path_of_each_figure(demo_run):
+  _, text, out = demo_run
+  for name in (demo.LOSS_FILE, demo.BOUNDARY_FILE):
+    assert f"saved {(out / name).resolve()}" in text
