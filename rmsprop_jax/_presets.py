@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.typing import DTypeLike
 
 from rmsprop_jax import _transform
 from rmsprop_jax._validation import Names
@@ -47,7 +48,7 @@ def torch_rmsprop(
   maximize: bool = False,
   *,
   weight_decay_mask: Any = None,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``torch.optim.RMSprop``, step for step.
 
@@ -117,7 +118,7 @@ def keras_rmsprop(
   weight_decay: Scalar | None = None,
   *,
   weight_decay_mask: Any = None,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``keras.optimizers.RMSprop`` (Keras 3), step for step.
 
@@ -137,7 +138,7 @@ def keras_rmsprop(
   ``optax.chain(optax.clip_by_global_norm(c), keras_rmsprop(...))`` and
   ``clipvalue=c`` is ``optax.clip(c)`` in the same place; a
   ``LearningRateSchedule`` is called with the 0-based step, like an optax
-  schedule (see the README for each schedule's optax counterpart).
+  schedule (the porting guide tabulates each schedule's optax counterpart).
 
   Args:
     learning_rate: learning rate, or an optax schedule of the 0-based step.
@@ -187,7 +188,7 @@ def tf1_rmsprop(
   epsilon: Scalar = 1e-10,
   centered: bool = False,
   *,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf.compat.v1.train.RMSPropOptimizer``, step for step.
 
@@ -258,7 +259,7 @@ def timm_rmsprop_tf(
   *,
   max_lr: Scalar | None = None,
   weight_decay_mask: Any = None,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""timm's ``RMSpropTF`` (TensorFlow semantics in PyTorch), step for step.
 
@@ -343,7 +344,7 @@ def tf_keras_legacy_rmsprop(
   epsilon: Scalar = 1e-7,
   centered: bool = False,
   *,
-  state_dtype: Any = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf_keras.optimizers.legacy.RMSprop``: TF 2.0–2.10's Keras RMSprop.
 

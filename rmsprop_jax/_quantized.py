@@ -64,10 +64,12 @@ class QuantizedArray:
 
   @property
   def ndim(self) -> int:
+    """Number of dimensions of the logical (parameter) shape."""
     return len(self.shape)
 
   @property
   def size(self) -> int:
+    """Number of elements of the logical (parameter) shape."""
     return math.prod(self.shape)
 
   @property

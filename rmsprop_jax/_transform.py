@@ -519,8 +519,8 @@ def rmsprop(
     v &= \max(\hat\nu - |\hat\mu|^2, 0) \text{ (centred), else } \hat\nu \\
     s &= g / \sqrt{v + \epsilon} \text{ (eps in sqrt), else }
       g / (\sqrt{v} + \epsilon) \\
-    u &= -\alpha_k s \text{ without momentum; with momentum }
-      b \leftarrow m b + \alpha_k s,\ u = -b \text{ (lr in momentum) or }
+    u &= -\alpha_k s \text{ without momentum; with momentum either} \\
+      b &\leftarrow m b + \alpha_k s,\ u = -b \text{ (lr in momentum), or }
       b \leftarrow m b + s,\ u = -\alpha_k b \\
     u &\leftarrow u - \alpha_k\lambda\theta \text{ (decoupled weight decay)}
 
@@ -555,7 +555,7 @@ def rmsprop(
       (PyTorch ``weight_decay``); if True, ``-lr * weight_decay * param`` added
       to the update (Keras, AdamW style).
     corrected_weight_decay: scale the decoupled decay by
-      ``lr**2 / max_lr`` instead of ``lr`` (timm; Chou, 2025).
+      ``lr**2 / max_lr`` instead of ``lr`` (timm; Defazio, 2025).
     max_lr: the learning rate corrected weight decay divides by; defaults to a
       constant ``learning_rate`` and is required with a schedule.
     weight_decay_mask: a pytree of bools with the params' structure (or a
@@ -591,11 +591,12 @@ def rmsprop(
     Array([-0.31622773,  0.31622773], dtype=float32)
 
   References:
-    Hinton, Lecture 6e of "Neural Networks for Machine Learning", 2012.
-    Graves, "Generating Sequences With Recurrent Neural Networks", 2013.
-    Liang et al., "Cautious Optimizers: Improving Training with One Line of
-    Code", 2024.
-    Chou, "Why Gradients Rapidly Increase Near the End of Training", 2025.
+    - Hinton, Lecture 6e of "Neural Networks for Machine Learning", 2012.
+    - Graves, "Generating Sequences With Recurrent Neural Networks", 2013.
+    - Liang et al., "Cautious Optimizers: Improving Training with One Line of
+      Code", arXiv:2411.16085, 2024.
+    - Defazio, "Why Gradients Rapidly Increase Near the End of Training",
+      arXiv:2506.02285, 2025.
   """
   return build(
     CORE_NAMES,

@@ -184,11 +184,11 @@ def dqn_nature(
     [-3.3806, 0.1]
 
   References:
-    Mnih et al., "Human-level control through deep reinforcement learning",
-    Nature 518, 2015 (Methods; Extended Data Table 1).
-    DQN 3.0 code released with the paper (deepmind/dqn, mirrored in
-    kuz/DeepMind-Atari-Deep-Q-Learner @ 54978fa): ``dqn/NeuralQLearner.lua``,
-    ``nql:qLearnMinibatch``, lines 254-277; ``run_gpu``, lines 25 and 31.
+    - Mnih et al., "Human-level control through deep reinforcement learning",
+      Nature 518, 2015 (Methods; Extended Data Table 1).
+    - DQN 3.0 code released with the paper (deepmind/dqn, mirrored in
+      kuz/DeepMind-Atari-Deep-Q-Learner @ 54978fa): ``dqn/NeuralQLearner.lua``,
+      ``nql:qLearnMinibatch``, lines 254-277; ``run_gpu``, lines 25 and 31.
   """
   return rmsprop_jax.rmsprop(
     learning_rate, decay=decay, eps=eps, centered=True, eps_in_sqrt=True
@@ -233,12 +233,12 @@ def dqn_dopamine(
     [-0.5098, 0.0103]
 
   References:
-    Castro et al., "Dopamine: A Research Framework for Deep Reinforcement
-    Learning", arXiv:1812.06110, 2018.
-    google/dopamine: ``dopamine/agents/dqn/dqn_agent.py`` (@ 9e8c66a, lines
-    96-101, the ``optimizer=`` default); ``dopamine/agents/dqn/configs/dqn.gin``
-    (@ 1ff6ee2, lines 21-25); ``.../configs/dqn_nature.gin`` (@ 31799e9,
-    lines 19-23).
+    - Castro et al., "Dopamine: A Research Framework for Deep Reinforcement
+      Learning", arXiv:1812.06110, 2018.
+    - google/dopamine: ``dopamine/agents/dqn/dqn_agent.py`` (@ 9e8c66a, lines
+      96-101, the ``optimizer=`` default); ``dopamine/agents/dqn/configs/dqn.gin``
+      (@ 1ff6ee2, lines 21-25); ``.../configs/dqn_nature.gin`` (@ 31799e9,
+      lines 19-23).
   """
   return rmsprop_jax.tf1_rmsprop(
     learning_rate, decay=decay, momentum=0.0, epsilon=epsilon, centered=True
@@ -357,11 +357,11 @@ def impala(
     ['-2.2962e-04', '4.5976e-06']
 
   References:
-    Espeholt et al., "IMPALA: Scalable Distributed Deep-RL with Importance
-    Weighted Actor-Learner Architectures", ICML 2018, arXiv:1802.01561.
-    deepmind/scalable_agent (google-deepmind/scalable_agent @ c63d4f2):
-    ``experiment.py``, flags at lines 60-65 and 87-90, the ``# Optimization``
-    block of ``build_learner``; ``README.md``, "Running the Code".
+    - Espeholt et al., "IMPALA: Scalable Distributed Deep-RL with Importance
+      Weighted Actor-Learner Architectures", ICML 2018, arXiv:1802.01561.
+    - deepmind/scalable_agent (google-deepmind/scalable_agent @ c63d4f2):
+      ``experiment.py``, flags at lines 60-65 and 87-90, the ``# Optimization``
+      block of ``build_learner``; ``README.md``, "Running the Code".
   """
   frames = batch_size * unroll_length * num_action_repeats
   schedule = impala_schedule(
@@ -466,10 +466,10 @@ def a2c(
     ['-3.5125e-04', '7.0338e-06']
 
   References:
-    Mnih et al., "Asynchronous Methods for Deep Reinforcement Learning",
-    ICML 2016 (A3C; A2C is its synchronous variant).
-    openai/baselines: ``baselines/a2c/a2c.py`` (@ 015dc21, lines 31-33, 75-95);
-    ``baselines/a2c/utils.py`` (@ 45c0b17, ``linear`` and ``Scheduler``).
+    - Mnih et al., "Asynchronous Methods for Deep Reinforcement Learning",
+      ICML 2016 (A3C; A2C is its synchronous variant).
+    - openai/baselines: ``baselines/a2c/a2c.py`` (@ 015dc21, lines 31-33, 75-95);
+      ``baselines/a2c/utils.py`` (@ 45c0b17, ``linear`` and ``Scheduler``).
   """
   schedule = a2c_schedule(
     learning_rate, total_timesteps=total_timesteps, batch_size=batch_size
@@ -608,14 +608,14 @@ def efficientnet(
     '-2.2089e-05'
 
   References:
-    Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
-    Networks", ICML 2019, arXiv:1905.11946, section 5.2.
-    tensorflow/tpu: ``models/official/efficientnet/utils.py`` (@ 76d0c67,
-    ``build_learning_rate`` lines 31-62, ``build_optimizer`` lines 65-81);
-    ``models/official/efficientnet/main.py`` (@ 351e905, the
-    ``base_learning_rate``, ``weight_decay``, ``train_batch_size`` and
-    ``num_train_images`` flags, the loss and learning rate in ``model_fn``,
-    ``steps_per_epoch`` in ``main``).
+    - Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+      Networks", ICML 2019, arXiv:1905.11946, section 5.2.
+    - tensorflow/tpu: ``models/official/efficientnet/utils.py`` (@ 76d0c67,
+      ``build_learning_rate`` lines 31-62, ``build_optimizer`` lines 65-81);
+      ``models/official/efficientnet/main.py`` (@ 351e905, the
+      ``base_learning_rate``, ``weight_decay``, ``train_batch_size`` and
+      ``num_train_images`` flags, the loss and learning rate in ``model_fn``,
+      ``steps_per_epoch`` in ``main``).
   """
   _check_positive("batch_size", batch_size)
   schedule = efficientnet_schedule(
@@ -744,12 +744,12 @@ def inception_v3(
     -0.01622
 
   References:
-    Szegedy et al., "Rethinking the Inception Architecture for Computer
-    Vision", CVPR 2016, arXiv:1512.00567, section 8.
-    tensorflow/models: ``research/slim/train_image_classifier.py`` (@ 07ed366,
-    the optimization and learning-rate flags, ``_configure_learning_rate``,
-    ``_configure_optimizer``); ``research/slim/nets/inception_v3.py``
-    (``inception_v3_arg_scope``, ``weight_decay=0.00004``).
+    - Szegedy et al., "Rethinking the Inception Architecture for Computer
+      Vision", CVPR 2016, arXiv:1512.00567, section 8.
+    - tensorflow/models: ``research/slim/train_image_classifier.py`` (@ 07ed366,
+      the optimization and learning-rate flags, ``_configure_learning_rate``,
+      ``_configure_optimizer``); ``research/slim/nets/inception_v3.py``
+      (``inception_v3_arg_scope``, ``weight_decay=0.00004``).
   """
   schedule = slim_schedule(
     learning_rate,
@@ -831,10 +831,10 @@ def mobilenet_v2(
     0.0441
 
   References:
-    Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
-    CVPR 2018, arXiv:1801.04381, section 6.1.
-    tensorflow/models: ``research/slim/train_image_classifier.py`` (@ 07ed366);
-    ``research/slim/nets/mobilenet/README.md`` (training flags).
+    - Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+      CVPR 2018, arXiv:1801.04381, section 6.1.
+    - tensorflow/models: ``research/slim/train_image_classifier.py`` (@ 07ed366);
+      ``research/slim/nets/mobilenet/README.md`` (training flags).
   """
   schedule = slim_schedule(
     learning_rate,
@@ -951,10 +951,10 @@ def torchvision_mobilenet_v3(
     [-0.1687, 0.0184]
 
   References:
-    Howard et al., "Searching for MobileNetV3", ICCV 2019, arXiv:1905.02244.
-    pytorch/vision: ``references/classification/train.py`` (the ``rmsprop``
-    branch of the optimizer selection in ``main``);
-    ``references/classification/README.md``, "MobileNetV3 Large & Small".
+    - Howard et al., "Searching for MobileNetV3", ICCV 2019, arXiv:1905.02244.
+    - pytorch/vision: ``references/classification/train.py`` (the ``rmsprop``
+      branch of the optimizer selection in ``main``);
+      ``references/classification/README.md``, "MobileNetV3 Large & Small".
   """
   schedule = torchvision_schedule(
     learning_rate,
@@ -1023,10 +1023,10 @@ def graves2013(
     [-4.5691, 0.9771]
 
   References:
-    Graves, "Generating Sequences With Recurrent Neural Networks",
-    arXiv:1308.0850, 2013, eqs. (38)-(41).
-    chainer/chainer: ``chainer/optimizers/rmsprop_graves.py``
-    (``RMSpropGravesRule.update_core_cpu``).
+    - Graves, "Generating Sequences With Recurrent Neural Networks",
+      arXiv:1308.0850, 2013, eqs. (38)-(41).
+    - chainer/chainer: ``chainer/optimizers/rmsprop_graves.py``
+      (``RMSpropGravesRule.update_core_cpu``).
   """
   return rmsprop_jax.rmsprop(
     learning_rate,
