@@ -1,6 +1,7 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
 from rmsprop_jax import recipes as recipes
+from rmsprop_jax._handover import from_keras, from_torch, to_keras, to_torch
 from rmsprop_jax._optax_state import from_optax, to_optax
 from rmsprop_jax._presets import (
   keras_rmsprop,
@@ -17,13 +18,17 @@ __version__ = "0.1.0"
 __all__ = [
   "QuantizedArray",
   "RMSPropState",
+  "from_keras",
   "from_optax",
+  "from_torch",
   "keras_rmsprop",
   "rmsprop",
   "scale_by_rms",
   "tf1_rmsprop",
   "tf_keras_legacy_rmsprop",
   "timm_rmsprop_tf",
+  "to_keras",
   "to_optax",
+  "to_torch",
   "torch_rmsprop",
 ]

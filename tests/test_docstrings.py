@@ -6,11 +6,13 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _optax_state, _presets, _transform, recipes
+from rmsprop_jax import _handover, _optax_state, _presets, _transform, recipes
 
 
 @pytest.mark.parametrize(
-  "module", [_transform, _presets, _optax_state, recipes], ids=lambda m: m.__name__
+  "module",
+  [_transform, _presets, _optax_state, _handover, recipes],
+  ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
