@@ -8,6 +8,7 @@ surface as shape errors deep inside XLA.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import math
 import os
 import pathlib
@@ -164,6 +165,12 @@ def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:
   try:
     dtype = jnp.dtype(state_dtype)
   except TypeError as e:
+    if isinstance(state_dtype, str) and state_dtype in ("float8_e4m3", "float8_e3m4"):
+      raise ValueError(
+        f"state_dtype={state_dtype!r} (8-bit state in that format) needs "
+        f"ml_dtypes >= 0.5 (installed: ml_dtypes {_installed('ml_dtypes')}, jax "
+        f"{jax.__version__}). Upgrade ml_dtypes, or use jnp.float8_e4m3fn."
+      ) from e
     raise ValueError(
       f"state_dtype must be None or a floating dtype such as jnp.float32 or "
       f"jnp.bfloat16; got {state_dtype!r}."
@@ -174,6 +181,13 @@ def check_state_dtype(state_dtype: Any) -> jnp.dtype | None:
       f"jnp.bfloat16; got {dtype.name}."
     )
   return dtype
+
+
+def _installed(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "none"
 
 
 def _path_str(path: Sequence[Any]) -> str:

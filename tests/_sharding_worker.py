@@ -27,6 +27,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _compat  # noqa: E402
 import _sharding_cases as cases  # noqa: E402
 
 import rmsprop_jax  # noqa: E402
@@ -93,6 +94,17 @@ def max_ulps(a: Any, b: Any) -> int:
   return worst
 
 
+def max_relative_diff(a: Any, b: Any) -> float:
+  """Largest ``|x - y|`` over all leaves, relative to the leaf's largest ``|x|``."""
+  worst = 0.0
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    x, y = np.asarray(jax.device_get(x)), np.asarray(jax.device_get(y))
+    if x.size and np.any(x):
+      diff = np.abs(x.astype(np.complex128) - y.astype(np.complex128))
+      worst = max(worst, float(np.max(diff) / np.max(np.abs(x))))
+  return worst
+
+
 def run_updates(
   update: Any, params: Any, state: Any, grads: list[Any]
 ) -> tuple[Any, Any]:
@@ -131,7 +143,7 @@ def layout_case(
 
   # Explicit axes need the mesh in context under jit; Auto ones run without.
   explicit = axis_type == AxisType.Explicit
-  with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+  with _compat.set_mesh(mesh) if explicit else contextlib.nullcontext():
     params = {k: jax.device_put(v, shard[k]) for k, v in params0.items()}
     sgrads = [{k: jax.device_put(v, shard[k]) for k, v in g.items()} for g in grads]
     out: dict[str, Any] = {}
@@ -192,7 +204,7 @@ def shard_map_case(data: Any) -> dict[str, Any]:
   def local(params, gs):
     return run_updates(opt.update, params, opt.init(params), gs)
 
-  with jax.set_mesh(mesh):
+  with _compat.set_mesh(mesh):
     params = {
       k: jax.device_put(v, NamedSharding(mesh, pspecs[k])) for k, v in params0.items()
     }
@@ -201,8 +213,11 @@ def shard_map_case(data: Any) -> dict[str, Any]:
       for g in grads
     ]
     f = jax.jit(
-      jax.shard_map(
-        local, in_specs=(pspecs, [pspecs] * len(gs)), out_specs=(pspecs, state_specs)
+      _compat.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(pspecs, [pspecs] * len(gs)),
+        out_specs=(pspecs, state_specs),
       )
     )
     collectives = n_collectives(f.lower(params, gs).compile())
@@ -246,6 +261,7 @@ def donation_case(data: Any) -> dict[str, Any]:
       x.is_deleted() for x in jax.tree.leaves(state_trees(first[1]))
     ),
     "ulps_vs_undonated": max_ulps(got, want),
+    "relative_diff_vs_undonated": max_relative_diff(got, want),
     "mismatch": mismatched({"params": got[0], **state_trees(got[1])}, put(params0)),
   }
 

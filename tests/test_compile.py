@@ -38,7 +38,7 @@ def _problem(n: int | None = None, dtype=None):
 
 
 def _compiled_during(fn: Callable[[], Any]) -> list[str]:
-  """The names of the XLA computations compiled while ``fn`` runs."""
+  """The names of the functions compiled to XLA while ``fn`` runs."""
   handler = _Records()
   logger = logging.getLogger("jax")
   logger.addHandler(handler)
@@ -50,7 +50,8 @@ def _compiled_during(fn: Callable[[], Any]) -> list[str]:
   return [m.group(1) for m in map(_COMPILING.match, handler.messages) if m]
 
 
-_COMPILING = re.compile(r"Compiling (\S+) ")
+# "Compiling jit(f) ..." in newer JAX, "Compiling f ..." in older releases.
+_COMPILING = re.compile(r"Compiling (?:jit\()?([^\s()]+)\)? ")
 
 
 class _Records(logging.Handler):
@@ -107,7 +108,7 @@ def test_eager_update_is_one_compiled_computation():
   opt, params, grads = _problem()
   state = opt.init(params)
   step = lambda: opt.update(grads, state, params)  # noqa: E731
-  assert _compiled_during(step) == ["jit(_update_leaves)"]
+  assert _compiled_during(step) == ["_update_leaves"]
   assert _compiled_during(step) == []  # cached
 
 
@@ -116,7 +117,7 @@ def test_eager_vmap_of_update_is_one_compiled_computation():
   state = opt.init(params)
   batched = jax.tree.map(lambda g: jnp.stack([g, 2 * g]), grads)
   run = lambda: jax.vmap(lambda g: opt.update(g, state, params)[0])(batched)  # noqa: E731
-  assert _compiled_during(run) == ["jit(_update_leaves)"]
+  assert _compiled_during(run) == ["_update_leaves"]
 
 
 def test_eager_grad_through_update_is_one_compiled_computation():
@@ -131,14 +132,14 @@ def test_eager_grad_through_update_is_one_compiled_computation():
   jax.grad(square)(grads)  # the loss's own operations compile here, not below
   names = _compiled_during(lambda: jax.grad(loss)(grads))
   # The forward pass and its transpose, each one computation.
-  assert set(names) == {"jit(_update_leaves)"}, names
+  assert set(names) == {"_update_leaves"}, names
 
 
 def test_update_under_a_user_jit_traces_into_the_users_program():
   opt, params, grads = _problem()
   state = opt.init(params)
   names = _compiled_during(lambda: jax.jit(opt.update)(grads, state, params))
-  assert names == ["jit(update_fn)"]
+  assert names == ["update_fn"]
   jaxpr = jax.make_jaxpr(opt.update)(grads, state, params)
   assert _nested_calls(jaxpr) == []
 

@@ -15,6 +15,7 @@ import pytest
 import rmsprop_jax
 from rmsprop_jax import _transform
 from tests import numpy_reference as ref
+from tests._compat import enable_x64
 
 
 def _schedule(k):
@@ -154,7 +155,7 @@ def _run(case, dtype, jit: bool, steps: int = 7):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_float64_reference_under_x64(name, jit):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     out, expected, state, ref_states = _run(CASES[name], np.float64, jit)
     for u, e in zip(out, expected, strict=True):
       chex.assert_trees_all_close(u, e, rtol=1e-10, atol=1e-13)
@@ -342,7 +343,7 @@ def test_bfloat16_state_halves_memory_and_tracks_float32():
 
 
 def test_complex_parameters_keep_a_real_accumulator():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     p = np.array([1 + 2j, -0.5j, 3.0], np.complex128)
     g = np.array([0.3 - 1j, 2 + 0.5j, -1j], np.complex128)
     cfg = ref.Config(learning_rate=0.1, momentum=0.9, centered=True)

@@ -23,6 +23,11 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._compat import (
+  event_duration_listener,
+  nnx_optimizer_update,
+  nnx_to_pure_dict,
+)
 
 # A rule that uses every state field (nu, mu, trace) and weight decay (so
 # params must reach update). Not bias correction: centred and bias-corrected,
@@ -154,7 +159,7 @@ def test_flax_nnx_optimizer_matches_plain_jax_loop():
   @nnx.jit
   def train_step(model, optimizer, x, y):
     loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
-    optimizer.update(model, grads)
+    nnx_optimizer_update(optimizer, model, grads)
     return loss
 
   x, y = _data()
@@ -172,8 +177,8 @@ def test_flax_nnx_optimizer_matches_plain_jax_loop():
   for _ in range(30):
     params, state, _ = step(params, state, x, y)
   chex.assert_trees_all_close(
-    nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-    nnx.to_pure_dict(params),
+    nnx_to_pure_dict(nnx.state(model, nnx.Param)),
+    nnx_to_pure_dict(params),
     rtol=1e-6,
     atol=1e-7,
   )
@@ -421,11 +426,8 @@ def _count_compilations() -> Iterator[list[str]]:
     if event in _COMPILE_EVENTS:
       events.append(event)
 
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with event_duration_listener(listener):
     yield events
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_inject_hyperparams_changes_take_effect_and_compile_nothing_new():

@@ -31,6 +31,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._compat import enable_x64
 from tests.reference import drivers, loader
 
 TORCH = loader.load_handovers("torch")
@@ -101,7 +102,7 @@ def steps(h: loader.Handover) -> int:
 
 @pytest.mark.parametrize("h", TORCH, ids=lambda h: h.id)
 def test_from_torch_continues_as_torch_did(h: loader.Handover) -> None:
-  with jax.enable_x64(h.dtype == "float64"), warnings.catch_warnings():
+  with enable_x64(h.dtype == "float64"), warnings.catch_warnings():
     warnings.simplefilter("error")  # and the schedule continues where torch was
     opt, state = rmsprop_jax.from_torch(
       h.state, params_at(h, h.steps_before), lr=schedule_of(h)
@@ -112,7 +113,7 @@ def test_from_torch_continues_as_torch_did(h: loader.Handover) -> None:
 
 def test_torch_step_becomes_the_schedules_count() -> None:
   h = by_id(TORCH, "step_lr_momentum", "float64")
-  with jax.enable_x64(True):
+  with enable_x64(True):
     _, state = rmsprop_jax.from_torch(
       h.state, params_at(h, h.steps_before), lr=schedule_of(h)
     )
@@ -124,7 +125,7 @@ def test_torch_schedule_without_lr_keyword_stays_at_the_current_rate() -> None:
   # StepLR halves the rate again at step 14: without lr= the run goes on at
   # the rate torch had when the state_dict was taken, and misses.
   h = by_id(TORCH, "step_lr_momentum", "float64")
-  with jax.enable_x64(True):
+  with enable_x64(True):
     opt, state = rmsprop_jax.from_torch(h.state, params_at(h, h.steps_before))
     ours = run(opt, state, h, h.steps_before, steps(h))
   assert isinstance(state, rmsprop_jax.RMSPropState) and state.count is None
@@ -135,7 +136,7 @@ def test_torch_schedule_without_lr_keyword_stays_at_the_current_rate() -> None:
 
 def test_torch_groups_differing_in_weight_decay_become_one_masked_preset() -> None:
   h = by_id(TORCH, "two_groups", "float64")
-  with jax.enable_x64(True):
+  with enable_x64(True):
     opt, state = rmsprop_jax.from_torch(h.state, params_at(h, h.steps_before))
     assert isinstance(state, rmsprop_jax.RMSPropState)
     # without the mask, b would decay too and the run would differ
@@ -157,7 +158,7 @@ def torch_preset(h: loader.Handover) -> Any:
 
 @pytest.mark.parametrize("h", TORCH, ids=lambda h: h.id)
 def test_to_torch_equals_torchs_recorded_state(h: loader.Handover) -> None:
-  with jax.enable_x64(h.dtype == "float64"):
+  with enable_x64(h.dtype == "float64"):
     opt = torch_preset(h)
     params = params_at(h, 0)
     state = opt.init(params)
@@ -179,7 +180,7 @@ def test_to_torch_equals_torchs_recorded_state(h: loader.Handover) -> None:
 
 def test_torch_round_trip_is_exact() -> None:
   h = by_id(TORCH, "centered_momentum_weight_decay", "float64")
-  with jax.enable_x64(True):
+  with enable_x64(True):
     _, state = rmsprop_jax.from_torch(h.state, params_at(h, h.steps_before))
     back = rmsprop_jax.to_torch(state, step=h.steps_before, as_numpy=True)
   for i, entry in h.state["state"].items():
@@ -532,7 +533,7 @@ def test_live_torch_groups_with_different_rates_continue_in_jax() -> None:
   grads = []
   for k in range(10):
     if k == 5:
-      with jax.enable_x64(True):
+      with enable_x64(True):
         params = tuple(jnp.asarray(t.detach().numpy()) for t in tensors.values())
         opt, state = rmsprop_jax.from_torch(torch_opt.state_dict(), params)
     g = drivers.gradient({k: t.detach().numpy() for k, t in tensors.items()}, "float64")
@@ -540,7 +541,7 @@ def test_live_torch_groups_with_different_rates_continue_in_jax() -> None:
     for leaf, t in tensors.items():
       t.grad = torch.from_numpy(g[leaf])
     torch_opt.step()
-  with jax.enable_x64(True):
+  with enable_x64(True):
     assert isinstance(state, optax.transforms.PartitionState)
     for g in grads[5:]:
       updates, state = opt.update(
@@ -588,7 +589,7 @@ def keras_dtype(dtype: str) -> Iterator[Any]:
   old = keras.config.floatx()
   keras.config.set_floatx(dtype)
   try:
-    with jax.enable_x64(dtype == "float64"):
+    with enable_x64(dtype == "float64"):
       yield keras
   finally:
     keras.config.set_floatx(old)

@@ -22,6 +22,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._compat import enable_x64
 
 NUM_STEPS = 10
 # A central difference with a relative step of 1e-5 has a truncation error of
@@ -113,7 +114,7 @@ def _central_differences(f, values: dict[str, float]) -> dict[str, float]:
 def _reference(case: str) -> dict[str, float]:
   """Finite differences of the closure loss, shared by both routes."""
   options, values = CASES[case]
-  with jax.enable_x64(True):
+  with enable_x64(True):
     return _central_differences(_closure_loss(options), values)
 
 
@@ -132,7 +133,7 @@ def _hypergradients(route: str, case: str) -> dict[str, float]:
 @pytest.mark.parametrize("route", ["inject_hyperparams", "closure"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_hypergradients_match_central_differences_in_float64(case, route):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     grads = _hypergradients(route, case)
   expected = _reference(case)
   assert set(grads) == set(expected)
@@ -145,7 +146,7 @@ def test_finite_differences_of_both_routes_agree():
   # The injected route differentiates the state's copy of the
   # hyper-parameters; its loss must be the closure's loss at every point.
   options, values = CASES["momentum"]
-  with jax.enable_x64(True):
+  with enable_x64(True):
     injected = _central_differences(_injected_loss(options, values), values)
   np.testing.assert_allclose(
     list(injected.values()), list(_reference("momentum").values()), rtol=1e-7
@@ -164,7 +165,7 @@ def test_initial_scale_and_schedule_parameters_through_a_closure():
     return _val_loss_after_training(opt, opt.init(params), params)
 
   values = dict(lr0=0.05, rate=0.9, initial_scale=0.5)
-  with jax.enable_x64(True):
+  with enable_x64(True):
     expected = _central_differences(val_loss, values)
     grads = jax.jit(jax.grad(val_loss))({k: jnp.float64(v) for k, v in values.items()})
   for name, value in expected.items():

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rmsprop_jax
+from tests._compat import enable_x64
 
 K, N = 5, 5  # steps before the conversion, and after it
 # Under x64 this evaluates in float64. (optax.exponential_decay computes in
@@ -116,7 +117,7 @@ def _assert_bitwise(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_from_optax_continues_as_optax_does_under_x64(name):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
     params = _cast(_params(), np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
@@ -134,7 +135,7 @@ def test_from_optax_continues_as_optax_does_under_x64(name):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_to_optax_continues_as_rmsprop_jax_does_under_x64(name):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
     params = _cast(_params(), np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
@@ -178,7 +179,7 @@ def test_converted_state_has_the_layout_and_dtypes_that_init_allocates(name, dty
 
 
 def test_float64_state_stays_float64_under_x64():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _optimizers(CASES["schedule_bias_correction_centered_nesterov"])
     params = _cast(_params(), np.float64)
     converted = rmsprop_jax.from_optax(theirs.init(params))
@@ -269,7 +270,7 @@ def _injected(case: dict[str, Any]):
   "name", ["schedule_nesterov", "schedule_bias_correction_centered_nesterov"]
 )
 def test_injected_schedule_continues_where_optax_left_it(name):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _injected(CASES[name])
     params = _cast(_params(), np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
@@ -281,7 +282,7 @@ def test_injected_schedule_continues_where_optax_left_it(name):
 
 
 def test_injected_hyperparameters_changed_during_the_run_are_carried():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _injected(CASES["centered_momentum"])
     params = _cast(_params(), np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
@@ -295,7 +296,7 @@ def test_injected_hyperparameters_changed_during_the_run_are_carried():
 
 
 def test_injected_rmsprop_jax_state_continues_under_injected_optax():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     theirs, ours = _injected(CASES["schedule_bias_correction_centered_nesterov"])
     params = _cast(_params(), np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
@@ -415,7 +416,7 @@ def test_centered_run_resumed_before_optax_nan_stays_finite(options, params_rtol
   assert ours_nan is None
   assert bool(jnp.isfinite(state.nu).all() & jnp.isfinite(state.mu).all())
 
-  with jax.enable_x64(True):
+  with enable_x64(True):
     ref = optax.rmsprop(1e-2, centered=True, **options)
     w64 = jnp.zeros(grads.shape[1], jnp.float64)
     w64, ref_state, _ = _trajectory(ref, w64, ref.init(w64), grads.astype(np.float64))

@@ -27,6 +27,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._compat import enable_x64
 from tests.reference import drivers, loader
 
 CASES = loader.load_cases()
@@ -79,7 +80,7 @@ def test_optax_schedule_reproduces_library_learning_rates(
 ) -> None:
   schedule = jax.vmap(loader.optax_schedule(case))
   if case.dtype == "float64":
-    with jax.enable_x64(True):
+    with enable_x64(True):
       lrs = np.asarray(schedule(jnp.arange(case.steps, dtype=jnp.int64)))
     rtol = 1e-12
   else:  # the libraries compute these schedules in float32, as optax does
@@ -201,7 +202,7 @@ FORGOTTEN = {
 def test_port_that_forgets_a_difference_misses_the_library(difference: str) -> None:
   case_id, make = FORGOTTEN[difference]
   case = by_id(case_id)
-  with jax.enable_x64(True):
+  with enable_x64(True):
     forgetful = loader.replay(case, make())
   assert deviation(forgetful, case.params) > 100 * TOLERANCE[case.dtype]
   assert deviation(loader.replay(case), case.params) < TOLERANCE[case.dtype]
@@ -209,7 +210,7 @@ def test_port_that_forgets_a_difference_misses_the_library(difference: str) -> N
 
 def test_optax_rmsprop_is_not_torch_rmsprop() -> None:
   case = by_id("torch-eps_1-float64")
-  with jax.enable_x64(True):
+  with enable_x64(True):
     optax_port = loader.replay(case, optax.rmsprop(0.05, decay=0.99, eps=1.0))
   assert deviation(optax_port, case.params) > 100 * TOLERANCE[case.dtype]
 

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rmsprop_jax
+from tests._compat import enable_x64
 from tests._expect import centred_warning
 
 SHAPES = [(), (0,), (3,), (2, 3), (1, 0, 2)]
@@ -239,7 +240,7 @@ def test_scale_by_rms_keeps_structure_dtypes_and_finiteness(
   seed=st.integers(0, 2**32 - 1),
 )
 def test_float64_trees_under_scoped_x64(config, spec_tree, seed):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params, updates, state = _run_two_steps(config, spec_tree, seed, 1.0)
     _check_leaf_invariants(params, updates, state, config)
     for p, u, nu in zip(

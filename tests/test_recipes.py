@@ -25,6 +25,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import recipes
+from tests._compat import enable_x64
 
 Tree = dict[str, np.ndarray]
 RTOL = 1e-9
@@ -68,7 +69,7 @@ def _run(
   parameters must agree to ``RTOL`` relative to its largest entry per leaf.
   """
   p0 = _init_params()
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params = jax.tree.map(jnp.asarray, p0)
     state = tx.init(params)
     update = jax.jit(tx.update)
@@ -515,7 +516,7 @@ def test_graves2013_matches_equations_at_a_large_learning_rate():
 
 
 def _values(schedule: optax.Schedule, steps: list[int]) -> np.ndarray:
-  with jax.enable_x64(True):
+  with enable_x64(True):
     return np.asarray([float(schedule(jnp.asarray(k, jnp.int32))) for k in steps])
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import rmsprop_jax
+from tests import _compat
 from tests import _sharding_cases as cases
 from tests._expect import centred_warning
 
@@ -152,11 +153,21 @@ def test_init_and_update_inside_shard_map_on_local_shards(worker):
   assert r["ulps_vs_unsharded"] <= MAX_ULPS
 
 
-def test_donated_params_and_state_are_consumed_and_results_unchanged(worker):
+def test_donated_params_and_state_are_consumed_and_results_agree_to_rounding(worker):
   r = worker["donation"]
   assert r["params_deleted"] and r["state_deleted"]
-  assert r["ulps_vs_undonated"] == 0
+  assert r["relative_diff_vs_undonated"] < 1e-6
   assert r["mismatch"] == []
+
+
+@pytest.mark.skipif(
+  _compat.version("jaxlib") < (0, 6),
+  reason="XLA:CPU before jaxlib 0.6 contracts the donated step's complex arithmetic "
+  "into FMAs differently (about 1e-7 relative); bit-equal results need "
+  f"jaxlib >= 0.6 (installed: {_compat.installed('jaxlib')})",
+)
+def test_donated_results_equal_undonated_bitwise(worker):
+  assert worker["donation"]["ulps_vs_undonated"] == 0
 
 
 def test_orbax_checkpoint_restores_sharded_state(worker):

@@ -21,6 +21,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests._compat import enable_x64
 
 STEPS = 15
 LEARNING_RATES = (1e-3, 1e-2, 0.1)
@@ -123,7 +124,7 @@ def _largest_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 @pytest.mark.parametrize("name", list(STRUCTURES))
 def test_each_member_equals_its_configuration_run_alone(name):
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params, hyperparams = _sweep(name)
     for point in POINTS:
       member = _member(params, point)
@@ -144,7 +145,7 @@ def test_a_wrong_grid_index_is_detected(name):
   # The comparison above can fail: a member one step away along any axis of
   # the grid (learning rate, eps, decay, seed) differs from the run alone by
   # far more than the tolerance.
-  with jax.enable_x64(True):
+  with enable_x64(True):
     params, _ = _sweep(name)
     for point in POINTS:
       alone = _train_alone(point, name)
@@ -180,7 +181,7 @@ def test_switch_over_presets_equals_each_preset_alone():
     (params, _), _ = jax.lax.scan(step, (params, state), length=STEPS)
     return params
 
-  with jax.enable_x64(True):
+  with enable_x64(True):
     lrs = (1e-3, 3e-2)
     grid = np.meshgrid(np.arange(len(PRESETS)), lrs, SEEDS[:2], indexing="ij")
     preset, lr, seed = (a.ravel() for a in grid)

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests import _compat
 
 
 @pytest.mark.parametrize(
@@ -104,6 +105,17 @@ def test_scale_by_rms_validates_like_rmsprop():
     rmsprop_jax.scale_by_rms(decay=1.2)
   with pytest.raises(ValueError, match="state_dtype"):
     rmsprop_jax.scale_by_rms(state_dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3", "float8_e3m4"])
+def test_float8_format_newer_than_ml_dtypes_names_the_version_it_needs(name):
+  if hasattr(jnp, name):  # ml_dtypes >= 0.5: accepted, and stored block-quantized
+    state = rmsprop_jax.rmsprop(0.1, state_dtype=name).init({"w": jnp.ones((64, 64))})
+    assert isinstance(state.nu["w"], rmsprop_jax.QuantizedArray)
+  else:
+    installed = f"installed: ml_dtypes {_compat.installed('ml_dtypes')}, jax "
+    with pytest.raises(ValueError, match=rf"needs ml_dtypes >= 0\.5.*{installed}"):
+      rmsprop_jax.rmsprop(0.1, state_dtype=name)
 
 
 def test_traced_hyperparameters_are_not_checked():

@@ -244,7 +244,7 @@ def make_optimizer(case: Case) -> Any:
 def replay(case: Case, optimizer: Any = None) -> dict[str, np.ndarray]:
   """Feeds the recorded gradients to ``optimizer`` (default: the preset).
 
-  Runs in the case's dtype (float64 cases inside ``jax.enable_x64``, which
+  Runs in the case's dtype (float64 cases with 64-bit types enabled, which
   does not leak out of this call) and returns ``{leaf: (steps + 1, *shape)}``
   like ``case.params``.
   """
@@ -252,7 +252,9 @@ def replay(case: Case, optimizer: Any = None) -> dict[str, np.ndarray]:
   import jax.numpy as jnp
   import optax
 
-  with jax.enable_x64(case.dtype == "float64"):
+  from tests._compat import enable_x64
+
+  with enable_x64(case.dtype == "float64"):
     opt = make_optimizer(case) if optimizer is None else optimizer
     params = {k: jnp.asarray(v[0]) for k, v in case.params.items()}
     state = opt.init(params)
