@@ -28,6 +28,25 @@ def test_readme_opens_with_the_demo_and_test_commands():
   assert "<!-- test-command -->" in README and "test-command" in ci
 
 
+def test_readme_is_short_and_names_the_docs_build_command():
+  assert README.count("\n") <= 300
+  block = re.search(r"<!-- docs-command -->\n```bash\n(.*?)\n```", README, re.S)
+  assert block, "README has no docs-command block"
+  assert block.group(1) == (
+    'pip install ".[docs]" && sphinx-build -W -b html docs docs/_build/html'
+  )
+  ci = (pathlib.Path(__file__).parents[1] / ".ci" / "run").read_text()
+  assert "readme_command docs-command" in ci
+
+
+def test_readme_links_point_at_files_that_exist():
+  root = pathlib.Path(__file__).parents[1]
+  targets = re.findall(r"\]\(((?!https?://|#)[^)\s]+)\)", README)
+  assert targets
+  for target in targets:
+    assert (root / target.split("#")[0]).exists(), target
+
+
 def test_quick_start_and_composition_examples_run_and_train():
   (quick_start,) = _python_blocks(_section("Quick start"))
   setup, loop = quick_start.split("for step in", 1)
@@ -35,7 +54,7 @@ def test_quick_start_and_composition_examples_run_and_train():
   exec(compile(setup, "README:quick-start", "exec"), ns)
   initial = float(ns["loss_fn"](ns["params"], ns["x"], ns["y"]))
   exec(compile("for step in" + loop, "README:quick-start", "exec"), ns)
-  assert float(ns["loss"]) < 0.2 * initial
+  assert float(ns["loss"]) < 0.01 * initial
   for block in _python_blocks(_section("Composing with optax")):
     exec(compile(block, "README:composing", "exec"), ns)
   state = ns["opt"].init(ns["params"])
