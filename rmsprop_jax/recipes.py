@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import rmsprop_jax
+from rmsprop_jax._presets import tf1_rmsprop, torch_rmsprop
+from rmsprop_jax._transform import rmsprop
 
 __all__ = [
   "a2c",
@@ -103,7 +104,7 @@ def _tf1_rmsprop_with_l2(
   part of the loss, it is also part of the gradient that clipping sees.
   """
   if max_grad_norm is None:
-    return rmsprop_jax.rmsprop(
+    return rmsprop(
       learning_rate,
       decay=decay,
       eps=epsilon,
@@ -118,9 +119,7 @@ def _tf1_rmsprop_with_l2(
   return optax.chain(
     optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
     optax.clip_by_global_norm(max_grad_norm),
-    rmsprop_jax.tf1_rmsprop(
-      learning_rate, decay=decay, momentum=momentum, epsilon=epsilon
-    ),
+    tf1_rmsprop(learning_rate, decay=decay, momentum=momentum, epsilon=epsilon),
   )
 
 
@@ -190,9 +189,7 @@ def dqn_nature(
       kuz/DeepMind-Atari-Deep-Q-Learner @ 54978fa): ``dqn/NeuralQLearner.lua``,
       ``nql:qLearnMinibatch``, lines 254-277; ``run_gpu``, lines 25 and 31.
   """
-  return rmsprop_jax.rmsprop(
-    learning_rate, decay=decay, eps=eps, centered=True, eps_in_sqrt=True
-  )
+  return rmsprop(learning_rate, decay=decay, eps=eps, centered=True, eps_in_sqrt=True)
 
 
 def dqn_dopamine(
@@ -240,7 +237,7 @@ def dqn_dopamine(
       (@ 1ff6ee2, lines 21-25); ``.../configs/dqn_nature.gin`` (@ 31799e9,
       lines 19-23).
   """
-  return rmsprop_jax.tf1_rmsprop(
+  return tf1_rmsprop(
     learning_rate, decay=decay, momentum=0.0, epsilon=epsilon, centered=True
   )
 
@@ -369,9 +366,7 @@ def impala(
     total_environment_frames=total_environment_frames,
     frames_per_step=frames,
   )
-  tx = rmsprop_jax.tf1_rmsprop(
-    schedule, decay=decay, momentum=momentum, epsilon=epsilon
-  )
+  tx = tf1_rmsprop(schedule, decay=decay, momentum=momentum, epsilon=epsilon)
   return _maybe_clip(tx, max_grad_norm)
 
 
@@ -474,7 +469,7 @@ def a2c(
   schedule = a2c_schedule(
     learning_rate, total_timesteps=total_timesteps, batch_size=batch_size
   )
-  tx = rmsprop_jax.tf1_rmsprop(schedule, decay=alpha, momentum=0.0, epsilon=epsilon)
+  tx = tf1_rmsprop(schedule, decay=alpha, momentum=0.0, epsilon=epsilon)
   return _maybe_clip(tx, max_grad_norm)
 
 
@@ -678,6 +673,39 @@ def slim_schedule(
   )
 
 
+def _slim_trainer(
+  learning_rate: float,
+  *,
+  batch_size: int,
+  num_samples_per_epoch: int,
+  num_epochs_per_decay: float,
+  decay_factor: float,
+  decay: float,
+  momentum: float,
+  epsilon: float,
+  weight_decay: float,
+  weight_decay_mask: Any,
+  max_grad_norm: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """TF-Slim's ``train_image_classifier.py``: its schedule, TF1 RMSProp and L2."""
+  schedule = slim_schedule(
+    learning_rate,
+    batch_size=batch_size,
+    num_samples_per_epoch=num_samples_per_epoch,
+    num_epochs_per_decay=num_epochs_per_decay,
+    decay_factor=decay_factor,
+  )
+  return _tf1_rmsprop_with_l2(
+    schedule,
+    decay=decay,
+    momentum=momentum,
+    epsilon=epsilon,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    max_grad_norm=max_grad_norm,
+  )
+
+
 def inception_v3(
   *,
   batch_size: int = 32,
@@ -751,15 +779,12 @@ def inception_v3(
       ``_configure_optimizer``); ``research/slim/nets/inception_v3.py``
       (``inception_v3_arg_scope``, ``weight_decay=0.00004``).
   """
-  schedule = slim_schedule(
+  return _slim_trainer(
     learning_rate,
     batch_size=batch_size,
     num_samples_per_epoch=num_samples_per_epoch,
     num_epochs_per_decay=num_epochs_per_decay,
     decay_factor=decay_factor,
-  )
-  return _tf1_rmsprop_with_l2(
-    schedule,
     decay=decay,
     momentum=momentum,
     epsilon=epsilon,
@@ -836,15 +861,12 @@ def mobilenet_v2(
     - tensorflow/models: ``research/slim/train_image_classifier.py`` (@ 07ed366);
       ``research/slim/nets/mobilenet/README.md`` (training flags).
   """
-  schedule = slim_schedule(
+  return _slim_trainer(
     learning_rate,
     batch_size=batch_size,
     num_samples_per_epoch=num_samples_per_epoch,
     num_epochs_per_decay=num_epochs_per_decay,
     decay_factor=decay_factor,
-  )
-  return _tf1_rmsprop_with_l2(
-    schedule,
     decay=decay,
     momentum=momentum,
     epsilon=epsilon,
@@ -962,7 +984,7 @@ def torchvision_mobilenet_v3(
     lr_step_size=lr_step_size,
     lr_gamma=lr_gamma,
   )
-  return rmsprop_jax.torch_rmsprop(
+  return torch_rmsprop(
     schedule,
     alpha=alpha,
     eps=eps,
@@ -1028,7 +1050,7 @@ def graves2013(
     - chainer/chainer: ``chainer/optimizers/rmsprop_graves.py``
       (``RMSpropGravesRule.update_core_cpu``).
   """
-  return rmsprop_jax.rmsprop(
+  return rmsprop(
     learning_rate,
     decay=decay,
     eps=eps,
