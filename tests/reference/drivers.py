@@ -231,6 +231,31 @@ def _keras_schedule(s: Any, schedule: dict[str, Any], dtype: str) -> Any:
   raise ValueError(f"unknown Keras schedule {kind!r}")
 
 
+def _built_rmsprop(
+  optimizers: Any, spec: Spec, variables: dict[str, Any], dtype: str
+) -> Any:
+  """Keras 3's or tf_keras' ``RMSprop`` as the spec asks, built on ``variables``.
+
+  ``optimizers`` is ``keras.optimizers`` or ``tf_keras.optimizers``: both take
+  the same arguments, schedules, ``global_clipnorm`` and exclusions.
+  """
+  kwargs = dict(spec["kwargs"])
+  if spec.get("schedule") is not None:
+    kwargs["learning_rate"] = _keras_schedule(
+      optimizers.schedules, spec["schedule"], dtype
+    )
+  if spec.get("global_clipnorm") is not None:
+    kwargs["global_clipnorm"] = spec["global_clipnorm"]
+  opt = optimizers.RMSprop(**kwargs)
+  mask = spec.get("weight_decay_mask")
+  if mask is not None:
+    opt.exclude_from_weight_decay(
+      var_list=[variables[k] for k in LEAVES if not mask[k]]
+    )
+  opt.build([variables[k] for k in LEAVES])
+  return opt
+
+
 def _run_keras(
   spec: Spec,
   dtype: str,
@@ -247,21 +272,8 @@ def _run_keras(
       k: keras.Variable(INITIAL_PARAMS[k].astype(dtype), dtype=dtype, name=k)
       for k in LEAVES
     }
-    kwargs = dict(spec["kwargs"])
-    if spec.get("schedule") is not None:
-      kwargs["learning_rate"] = _keras_schedule(
-        keras.optimizers.schedules, spec["schedule"], dtype
-      )
-    if spec.get("global_clipnorm") is not None:
-      kwargs["global_clipnorm"] = spec["global_clipnorm"]
-    opt = keras.optimizers.RMSprop(**kwargs)
-    mask = spec.get("weight_decay_mask")
-    if mask is not None:
-      opt.exclude_from_weight_decay(
-        var_list=[variables[k] for k in LEAVES if not mask[k]]
-      )
+    opt = _built_rmsprop(keras.optimizers, spec, variables, dtype)
     var_list = [variables[k] for k in LEAVES]
-    opt.build(var_list)
 
     def apply(g: dict[str, np.ndarray]) -> None:
       opt.apply([keras.ops.convert_to_tensor(g[k]) for k in LEAVES], var_list)
@@ -376,21 +388,7 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
     variables = {
       k: tf.Variable(INITIAL_PARAMS[k].astype(dtype), name=k) for k in LEAVES
     }
-    kwargs = dict(spec["kwargs"])
-    if spec.get("schedule") is not None:
-      kwargs["learning_rate"] = _keras_schedule(
-        tf_keras.optimizers.schedules, spec["schedule"], dtype
-      )
-    if spec.get("global_clipnorm") is not None:
-      kwargs["global_clipnorm"] = spec["global_clipnorm"]
-    opt = tf_keras.optimizers.RMSprop(**kwargs)
-    mask = spec.get("weight_decay_mask")
-    if mask is not None:
-      opt.exclude_from_weight_decay(
-        var_list=[variables[k] for k in LEAVES if not mask[k]]
-      )
-    var_list = [variables[k] for k in LEAVES]
-    opt.build(var_list)
+    opt = _built_rmsprop(tf_keras.optimizers, spec, variables, dtype)
 
     def apply(g: dict[str, np.ndarray]) -> None:
       opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
