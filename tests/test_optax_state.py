@@ -673,3 +673,15 @@ def test_docs_examples_run(tmp_path, monkeypatch):
     exec(compile(block, f"docs/from_optax.md:block{i}", "exec"), ns)
   assert 120 < ns["first_nan"] < 200 and ns["all_finite"]  # what the page says
   assert float(ns["state"].hyperparams["learning_rate"]) == pytest.approx(3e-3)
+
+
+def test_porting_page_snippet_runs():
+  # The short version of the migration on the porting page (docs/porting.md).
+  page = (pathlib.Path(__file__).parents[1] / "docs" / "porting.md").read_text()
+  section = page[page.index("## From optax, mid-run") :]
+  (block,) = re.findall(r"```python\n(.*?)```", section.split("\n## ")[0], re.S)
+  ns: dict[str, Any] = {}
+  exec(compile(block, "docs/porting.md", "exec"), ns)
+  assert isinstance(ns["state"], rmsprop_jax.RMSPropState)
+  assert ns["state"].mu is not None and ns["state"].trace is not None
+  assert bool(jnp.all(jnp.isfinite(ns["updates"])))
