@@ -139,12 +139,7 @@ def _positions(tree: Any, name: str) -> dict[int, np.ndarray]:
   for i, x in enumerate(flat):
     if isinstance(x, optax.MaskedNode):
       continue
-    if isinstance(x, QuantizedArray):
-      raise TypeError(
-        f"{name} is block-quantized ({jnp.dtype(x.dtype).name} state); the "
-        "libraries keep full-precision state, so hand over the state of an "
-        "optimizer with state_dtype=None (float32) or jnp.bfloat16."
-      )
+    _storage.check_full_precision(x, name, "the libraries keep")
     if jnp.iscomplexobj(x):
       raise TypeError(
         f"{name} holds a complex leaf (parameter {i}): the libraries treat "

@@ -33,7 +33,6 @@ import optax
 
 from rmsprop_jax import _storage
 from rmsprop_jax import _validation as v
-from rmsprop_jax._quantized import QuantizedArray
 from rmsprop_jax._transform import RMSPropState
 
 _LAYOUT = (
@@ -370,12 +369,7 @@ def _tree_like(template: Any, tree: Any, t_name: str, name: str) -> Any:
     jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)
   ]
   for path, x in zip(paths, leaves, strict=True):
-    if isinstance(x, QuantizedArray):
-      raise TypeError(
-        f"{name}{path} is block-quantized ({jnp.dtype(x.dtype).name} state); "
-        "optax keeps full-precision state, so convert the state of an "
-        "optimizer with state_dtype=None (float32) or jnp.bfloat16."
-      )
+    _storage.check_full_precision(x, f"{name}{path}", "optax keeps")
     if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
       raise TypeError(f"{name}{path} is a {type(x).__name__}, not an array.")
   v.check_shapes(

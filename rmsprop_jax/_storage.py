@@ -124,6 +124,16 @@ def store(value: jax.Array, like: Any) -> Any:
   return value.astype(like.dtype)
 
 
+def check_full_precision(stored: Any, name: str, keeper: str) -> None:
+  """Refuses a block-quantized leaf where ``keeper`` needs the values themselves."""
+  if isinstance(stored, _quantized.QuantizedArray):
+    raise TypeError(
+      f"{name} is block-quantized ({jnp.dtype(stored.dtype).name} state); "
+      f"{keeper} full-precision state, so convert the state of an optimizer "
+      "with state_dtype=None (float32) or jnp.bfloat16."
+    )
+
+
 def dtype_of(stored: Any) -> Any:
   """The storage dtype of a state leaf (``None`` for a missing one)."""
   return getattr(stored, "dtype", None)
