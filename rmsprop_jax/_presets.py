@@ -15,7 +15,9 @@ import optax
 from jax.typing import DTypeLike
 
 from rmsprop_jax import _transform
-from rmsprop_jax._validation import Names
+from rmsprop_jax._rule import Hyper, Rule
+from rmsprop_jax._rule import weight_decay as weight_decay_fields
+from rmsprop_jax._validation import Names, check_flag, corrected_max_lr
 
 Scalar = float | jax.Array
 
@@ -45,8 +47,8 @@ def torch_rmsprop(
   weight_decay: Scalar = 0.0,
   momentum: Scalar = 0.0,
   centered: bool = False,
-  maximize: bool = False,
   *,
+  maximize: bool = False,
   weight_decay_mask: Any = None,
   state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -73,7 +75,8 @@ def torch_rmsprop(
     weight_decay: L2 penalty added to the gradient (coupled weight decay).
     momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
     centered: normalise by the estimated variance of the gradient.
-    maximize: ascend the objective instead of descending it.
+    maximize: ascend the objective instead of descending it. PyTorch's seventh
+      positional argument is ``capturable``, so this one is keyword-only.
     weight_decay_mask: pytree of bools (or a callable returning one) selecting
       the leaves that decay; the equivalent of a parameter group with
       ``weight_decay=0``.
@@ -94,17 +97,16 @@ def torch_rmsprop(
   """
   return _transform.build(
     _TORCH,
-    learning_rate=lr,
-    decay=alpha,
-    eps=eps,
-    eps_in_sqrt=False,
-    centered=centered,
-    momentum=_momentum_or_none(momentum),
-    lr_in_momentum=False,
-    weight_decay=weight_decay,
-    decoupled_weight_decay=False,
+    Rule(eps_in_sqrt=False, centered=centered, lr_in_momentum=False, maximize=maximize),
+    Hyper(
+      learning_rate=lr,
+      decay=alpha,
+      eps=eps,
+      initial_scale=0.0,
+      momentum=_momentum_or_none(momentum),
+      coupled_weight_decay=weight_decay,
+    ),
     weight_decay_mask=weight_decay_mask,
-    maximize=maximize,
     state_dtype=state_dtype,
   )
 
@@ -167,15 +169,15 @@ def keras_rmsprop(
   """
   return _transform.build(
     _KERAS,
-    learning_rate=learning_rate,
-    decay=rho,
-    eps=epsilon,
-    eps_in_sqrt=True,
-    centered=centered,
-    momentum=_momentum_or_none(momentum),
-    lr_in_momentum=True,
-    weight_decay=0.0 if weight_decay is None else weight_decay,
-    decoupled_weight_decay=True,
+    Rule(eps_in_sqrt=True, centered=centered, lr_in_momentum=True),
+    Hyper(
+      learning_rate=learning_rate,
+      decay=rho,
+      eps=epsilon,
+      initial_scale=0.0,
+      momentum=_momentum_or_none(momentum),
+      decoupled_weight_decay=weight_decay,
+    ),
     weight_decay_mask=weight_decay_mask,
     state_dtype=state_dtype,
   )
@@ -186,17 +188,21 @@ def tf1_rmsprop(
   decay: Scalar = 0.9,
   momentum: Scalar = 0.0,
   epsilon: Scalar = 1e-10,
-  centered: bool = False,
   *,
+  centered: bool = False,
+  weight_decay: Scalar = 0.0,
+  weight_decay_mask: Any = None,
+  lazy_rows: Any = None,
   state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf.compat.v1.train.RMSPropOptimizer``, step for step.
 
   .. math::
 
-    \nu &\leftarrow \rho\nu + (1-\rho)g^2 \quad (\nu_0 = 1), \qquad
-      s = g / \sqrt{v + \epsilon} \\
-    b &\leftarrow m b + \eta_k s, \qquad \theta \leftarrow \theta - b
+    g &\leftarrow g + \lambda\theta \text{ (an L2 term in the loss)}, \qquad
+      \nu \leftarrow \rho\nu + (1-\rho)g^2 \quad (\nu_0 = 1) \\
+    s &= g / \sqrt{v + \epsilon}, \qquad
+      b \leftarrow m b + \eta_k s, \qquad \theta \leftarrow \theta - b
 
   with :math:`v = \nu - \mu^2` when centred (else :math:`\nu`). The average
   starts at **one**, so the first steps are about ``learning_rate * g`` rather
@@ -216,11 +222,25 @@ def tf1_rmsprop(
     momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer (TF1 keeps
       one, which then holds exactly the last step).
     epsilon: added to the average inside the root.
-    centered: normalise by the estimated variance of the gradient.
+    centered: normalise by the estimated variance of the gradient. TF1's fifth
+      positional argument is ``use_locking``, so this one is keyword-only.
+    weight_decay: the coefficient :math:`\lambda` of an L2 term
+      ``weight_decay * sum(tf.nn.l2_loss(w))`` that TF1 code adds to the loss:
+      ``weight_decay * w`` is added to the gradient (coupled weight decay).
+    weight_decay_mask: pytree of bools (or a callable returning one) selecting
+      the leaves the L2 term sums over.
+    lazy_rows: the leaves TF1 updates from an embedding lookup's sparse
+      gradient (``tf.gather``, ``tf.nn.embedding_lookup``): ``True`` for every
+      leaf, or the forms of ``weight_decay_mask``. As TF1's sparse kernels do,
+      a row that nobody looked up keeps its value, ``nu``, ``mu`` and momentum
+      buffer that step. A looked-up row whose gradient sums to exactly zero
+      counts as untouched here, where TF1 would decay it (see
+      :func:`rmsprop`).
     state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``
+    when ``weight_decay`` is not 0.
 
   Examples:
     >>> import jax.numpy as jnp, rmsprop_jax
@@ -233,14 +253,17 @@ def tf1_rmsprop(
   """
   return _transform.build(
     _TF1,
-    learning_rate=learning_rate,
-    decay=decay,
-    eps=epsilon,
-    initial_scale=1.0,
-    eps_in_sqrt=True,
-    centered=centered,
-    momentum=_momentum_or_none(momentum),
-    lr_in_momentum=True,
+    Rule(eps_in_sqrt=True, centered=centered, lr_in_momentum=True),
+    Hyper(
+      learning_rate=learning_rate,
+      decay=decay,
+      eps=epsilon,
+      initial_scale=1.0,  # TF1 starts its mean square at one
+      momentum=_momentum_or_none(momentum),
+      coupled_weight_decay=weight_decay,
+    ),
+    weight_decay_mask=weight_decay_mask,
+    lazy_rows=lazy_rows,
     state_dtype=state_dtype,
   )
 
@@ -315,23 +338,35 @@ def timm_rmsprop_tf(
     >>> updates
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
+  names = _TIMM
   m = _momentum_or_none(momentum)
-  corrected = bool(corrected_weight_decay and decoupled_decay)
+  decoupled = check_flag(names, "decoupled_weight_decay", decoupled_decay)
+  # As in timm, caution acts only with momentum and corrected weight decay
+  # only with decoupled decay.
+  corrected = check_flag(names, "corrected_weight_decay", corrected_weight_decay)
   return _transform.build(
-    _TIMM,
-    learning_rate=lr,
-    decay=alpha,
-    eps=eps,
-    initial_scale=1.0,
-    eps_in_sqrt=True,
-    centered=centered,
-    momentum=m,
-    lr_in_momentum=lr_in_momentum,
-    caution=bool(caution) and m is not None,
-    weight_decay=weight_decay,
-    decoupled_weight_decay=decoupled_decay,
-    corrected_weight_decay=corrected,
-    max_lr=max_lr if corrected or not corrected_weight_decay else None,
+    names,
+    Rule(
+      eps_in_sqrt=True,
+      centered=centered,
+      lr_in_momentum=lr_in_momentum,
+      caution=caution if m is not None else False,
+    ),
+    Hyper(
+      learning_rate=lr,
+      decay=alpha,
+      eps=eps,
+      initial_scale=1.0,
+      momentum=m,
+      max_lr=corrected_max_lr(
+        names,
+        corrected and decoupled,
+        decoupled,
+        max_lr if decoupled or not corrected else None,
+        lr,
+      ),
+      **weight_decay_fields(weight_decay, decoupled=decoupled),
+    ),
     weight_decay_mask=weight_decay_mask,
     state_dtype=state_dtype,
   )
@@ -344,6 +379,7 @@ def tf_keras_legacy_rmsprop(
   epsilon: Scalar = 1e-7,
   centered: bool = False,
   *,
+  lazy_rows: Any = None,
   state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``tf_keras.optimizers.legacy.RMSprop``: TF 2.0–2.10's Keras RMSprop.
@@ -377,6 +413,12 @@ def tf_keras_legacy_rmsprop(
     momentum: momentum factor in ``[0, 1)``; 0 allocates no buffer.
     epsilon: added to the root, or to the average inside it with momentum.
     centered: normalise by the estimated variance of the gradient.
+    lazy_rows: the leaves updated from an embedding lookup's sparse gradient
+      (the forms of :func:`rmsprop`'s ``lazy_rows``). It acts only with
+      momentum, as in TF: with momentum, the optimizer applies a sparse
+      gradient with TF's sparse kernel, which leaves the rows nobody looked up
+      as they are; without momentum, it decays the whole ``nu`` slot and adds
+      the looked-up rows' squares, which is the dense rule.
     state_dtype: storage dtype of the statistics (see :func:`rmsprop`).
 
   Returns:
@@ -394,12 +436,15 @@ def tf_keras_legacy_rmsprop(
   m = _momentum_or_none(momentum)
   return _transform.build(
     _KERAS,
-    learning_rate=learning_rate,
-    decay=rho,
-    eps=epsilon,
-    eps_in_sqrt=m is not None,
-    centered=centered,
-    momentum=m,
-    lr_in_momentum=True,
+    Rule(eps_in_sqrt=m is not None, centered=centered, lr_in_momentum=True),
+    Hyper(
+      learning_rate=learning_rate,
+      decay=rho,
+      eps=epsilon,
+      initial_scale=0.0,
+      momentum=m,
+    ),
+    # TF runs the sparse kernels, which skip untouched rows, only with momentum.
+    lazy_rows=lazy_rows if m is not None else None,
     state_dtype=state_dtype,
   )

@@ -38,6 +38,11 @@ class Hyper(NamedTuple):
   max_lr: Any = None  # corrected decoupled decay: scaled by lr**2 / max_lr
 
 
+def weight_decay(value: Any, *, decoupled: bool) -> dict[str, Any]:
+  """``Hyper``'s field for a weight decay of ``value``: coupled (L2) or decoupled."""
+  return {"decoupled_weight_decay" if decoupled else "coupled_weight_decay": value}
+
+
 class Scalars(NamedTuple):
   """One step's hyper-parameters in the compute dtype; ``None`` where off."""
 
@@ -82,6 +87,16 @@ def scalars(
   )
 
 
+class Step(NamedTuple):
+  """One leaf's step: the update and the new state; ``None`` where off."""
+
+  update: jax.Array
+  nu: jax.Array
+  mu: Any
+  trace: Any
+  rows: Any  # lazy rows: which rows (indices along axis 0) have a gradient
+
+
 def update(
   g: jax.Array,
   nu: jax.Array,
@@ -90,16 +105,21 @@ def update(
   p: Any,
   sc: Scalars,
   rule: Rule,
-) -> tuple[jax.Array, jax.Array, Any, Any]:
-  """One RMSProp step of one leaf; returns ``(update, nu, mu, trace)``.
+  lazy: bool = False,
+) -> Step:
+  """One RMSProp step of one leaf.
 
   ``mu`` and ``trace`` are ``None`` where centring or momentum is off, and the
-  parameter ``p`` where weight decay is off for this leaf.
+  parameter ``p`` where weight decay is off for this leaf. With ``lazy`` (a
+  leaf of ``lazy_rows``), a row whose gradient is zero everywhere does not
+  move: its update is 0 here, and the caller keeps its stored state, as TF's
+  sparse kernels leave the rows an embedding lookup did not touch.
   """
   if rule.maximize:
     g = -g
   if sc.coupled_wd is not None:
     g = g + sc.coupled_wd * p
+  rows = touched_rows(g) if lazy else None
   nu = sc.one_minus_decay * abs_sq(g) + sc.decay * nu
   var = nu if sc.bias is None else nu / sc.bias
   if rule.centered:
@@ -113,13 +133,15 @@ def update(
   else:
     s = g / (jnp.sqrt(var) + sc.eps)
   if rule.scale_only:
-    return s, nu, mu, None
+    return Step(s, nu, mu, None, None)
   u, trace = _with_momentum(s, trace, sc, rule)
   if rule.caution:
     u = _cautious(u, g)
   if sc.decoupled_wd is not None:
     u = u - sc.decoupled_wd * p
-  return u, nu, mu, trace
+  if rows is not None:
+    u = jnp.where(along_rows(rows, u.ndim), u, jnp.zeros_like(u))
+  return Step(u, nu, mu, trace, rows)
 
 
 def _with_momentum(
@@ -155,3 +177,17 @@ def abs_sq(x: jax.Array) -> jax.Array:
   if jnp.iscomplexobj(x):
     return (x.conj() * x).real
   return x * x
+
+
+def touched_rows(g: jax.Array) -> jax.Array:
+  """Whether each row (index along axis 0) of ``g`` has a non-zero entry.
+
+  The reduction runs within a row, so a leaf sharded over its rows needs no
+  communication.
+  """
+  return jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+
+
+def along_rows(rows: jax.Array, ndim: int) -> jax.Array:
+  """``rows`` shaped to broadcast against an array of ``ndim`` axes."""
+  return rows.reshape(rows.shape + (1,) * (ndim - 1))

@@ -9,13 +9,14 @@ arithmetic stays in float32.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.core import Tracer
 
-from rmsprop_jax import _compile, _quantized
+from rmsprop_jax import _compile, _quantized, _rule
 
 
 def real_dtype(dtype: Any) -> jnp.dtype:
@@ -77,18 +78,37 @@ def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:
   return zero + jnp.asarray(value, dtype)
 
 
+def as_array(x: Any) -> Any:
+  """``x`` itself if it is an array (or a tracer), else ``jnp.asarray(x)``.
+
+  Python and NumPy scalars are parameter leaves too, as in optax.
+  """
+  return x if hasattr(x, "shape") and hasattr(x, "dtype") else jnp.asarray(x)
+
+
+def canonical_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype JAX gives an array of ``dtype`` (float32 for float64 without x64)."""
+  return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
 def init_leaf(
-  param: jax.Array, value: Any, state_dtype: jnp.dtype | None, *, is_nu: bool
+  param: jax.Array,
+  value: Any,
+  state_dtype: jnp.dtype | None,
+  *,
+  is_nu: bool,
+  quantize: bool = True,
 ) -> Any:
   """A new state leaf for ``param``, filled with ``value``.
 
   With an 8-bit float ``state_dtype``, a real leaf of at least
   ``_quantized.MIN_SIZE`` elements becomes a ``QuantizedArray`` (``nu``
-  stored as its root); other leaves keep full-precision storage.
+  stored as its root), unless ``quantize`` is False; other leaves keep
+  full-precision storage.
   """
   if _quantized.is_float8(state_dtype):
     real = is_nu or not jnp.issubdtype(param.dtype, jnp.complexfloating)
-    if real and _quantized.applies(tuple(param.shape), state_dtype):
+    if quantize and real and _quantized.applies(tuple(param.shape), state_dtype):
       kind = "sqrt" if is_nu else "signed"
       return _compile.run(
         _quantized_fill_jit, _quantized_fill, param, value, dtype=state_dtype, kind=kind
@@ -122,6 +142,33 @@ def store(value: jax.Array, like: Any) -> Any:
   if isinstance(like, _quantized.QuantizedArray):
     return _quantized.encode(value, like.dtype, like.kind, like)
   return value.astype(like.dtype)
+
+
+def keep_rows(rows: jax.Array, new: Any, old: Any) -> Any:
+  """``new`` where ``rows`` is True, else ``old``: stored values, bit for bit.
+
+  A block-quantized leaf keeps the codes and scales of its untouched rows
+  (with their store counters), which works when every block lies within one
+  row: leaves of two or more axes, whose blocks run along the last one.
+  """
+  if isinstance(new, _quantized.QuantizedArray):
+    if len(new.shape) < 2:
+      raise ValueError(
+        f"lazy_rows marks a 1-D leaf of shape {new.shape} whose state is "
+        "block-quantized: its 8-bit blocks span many rows, so an untouched row "
+        "cannot keep its stored value. init of an optimizer with lazy_rows "
+        "keeps such leaves in full precision: call init with this optimizer."
+      )
+    return dataclasses.replace(
+      new,
+      codes=_select_rows(rows, new.codes, old.codes),
+      scales=_select_rows(rows, new.scales, old.scales),
+    )
+  return _select_rows(rows, new, old)
+
+
+def _select_rows(rows: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+  return jnp.where(_rule.along_rows(rows, new.ndim), new, old)
 
 
 def check_full_precision(stored: Any, name: str, keeper: str) -> None:

@@ -1,6 +1,12 @@
-"""The optax transformations: validation, flattening, dispatch and state.
+"""The optax transformations: building, checking, flattening and state.
 
-The update rule itself is ``_rule.update``, applied here to every leaf.
+The update rule itself is ``_rule.update``, applied here to every leaf. All of
+``update`` (its checks, the flattening, every leaf's step) is one function of
+the updates, the state, the params and the hyper-parameters, traced once per
+signature of those trees. Called eagerly it is one ``jax.jit``, whose cache JAX
+looks up without running any of this module's Python, so the checks cost
+nothing after the first call; inside a user's ``jit`` it traces straight into
+the user's program.
 """
 
 from __future__ import annotations
@@ -43,10 +49,20 @@ class RMSPropState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-  """What is fixed when the optimizer is built, apart from the numbers."""
+  """What is fixed when the optimizer is built: the static argument of update.
 
+  Compared by value, so that an optimizer built again with the same options
+  (``optax.inject_hyperparams`` rebuilds it at every step) reuses the compiled
+  update.
+  """
+
+  names: v.Names
   rule: _rule.Rule
   schedule: Callable[[jax.Array], Any] | None
+  momentum: bool  # whether the state keeps a momentum buffer
+  decays: bool  # whether weight decay is on (update then reads params)
+  weight_decay_mask: Any  # None, a callable or a v.StaticMask
+  lazy_rows: Any  # None, a callable or a v.StaticMask
 
   @property
   def counts(self) -> bool:
@@ -54,59 +70,76 @@ class _Config:
     return self.schedule is not None or self.rule.bias_correction
 
 
-class _LeafFacts(NamedTuple):
-  """What one update call learns from its arguments, per leaf."""
+class _Leaves(NamedTuple):
+  """The flat leaves of one update call, in the order of ``updates``."""
 
-  decays: tuple[bool, ...] | None  # the weight-decay mask; None: every leaf
-  out_dtypes: tuple[str, ...] | None  # the params' dtypes, where they differ
+  grads: list[jax.Array]
+  nus: list[Any]
+  mus: list[Any] | None
+  traces: list[Any] | None
+  params: list[Any] | None  # only where weight decay reads them
+  decays: tuple[bool, ...]  # per leaf: weight decay applies
+  lazy: tuple[bool, ...]  # per leaf: a leaf of lazy_rows
+  out_dtypes: list[Any]  # per leaf: the dtype of its update
 
 
-_Leaves = list[Any]
-_Outputs = tuple[list[jax.Array], _Leaves, _Leaves, _Leaves]
-
-
-def _update_leaves(
-  grads: list[jax.Array],
-  nus: _Leaves,
-  mus: _Leaves | None,
-  traces: _Leaves | None,
-  params: list[jax.Array] | None,
-  count: jax.Array | None,
+def _update(
+  updates: optax.Updates,
+  state: Any,
+  params: optax.Params | None,
   hyper: _rule.Hyper,
   *,
   config: _Config,
-  facts: _LeafFacts,
-) -> tuple[_Outputs, jax.Array | None]:
-  """Applies the rule to flat lists of leaves, as one computation."""
-  lr = hyper.learning_rate
+) -> tuple[optax.Updates, RMSPropState]:
+  """The whole update: checks, one step per leaf, the new state."""
+  st = _checked_state(state, config)
+  treedef = jax.tree.structure(updates)
+  leaves = _leaves(updates, st, params, config)
+  lr, count = _learning_rate(hyper, st.count, config)
+  scalars = functools.cache(
+    functools.partial(_rule.scalars, hyper, jnp.asarray(lr), count, config.rule)
+  )
+  out: tuple[list[Any], ...] = ([], [], [], [])
+  for i, g in enumerate(leaves.grads):
+    step = _update_leaf(
+      g,
+      leaves.nus[i],
+      None if leaves.mus is None else leaves.mus[i],
+      None if leaves.traces is None else leaves.traces[i],
+      leaves.params[i] if leaves.params and leaves.decays[i] else None,
+      scalars,
+      config.rule,
+      leaves.lazy[i],
+    )
+    out[0].append(step[0].astype(leaves.out_dtypes[i]))
+    for outputs, new in zip(out[1:], step[1:], strict=True):
+      outputs.append(new)
+  new_state = RMSPropState(
+    count=count,
+    nu=treedef.unflatten(out[1]),
+    mu=treedef.unflatten(out[2]) if config.rule.centered else None,
+    trace=treedef.unflatten(out[3]) if config.momentum else None,
+  )
+  return treedef.unflatten(out[0]), new_state
+
+
+_update_jit = jax.jit(_update, static_argnames=("config",))
+
+
+def _learning_rate(
+  hyper: _rule.Hyper, count: jax.Array | None, config: _Config
+) -> tuple[Any, jax.Array | None]:
+  """This step's learning rate and the step count after it."""
+  lr = 0.0 if hyper.learning_rate is None else hyper.learning_rate
   if config.schedule is not None:
     assert count is not None  # _checked_state refuses a state without one
     lr = config.schedule(count)
+    v.check_scalar_value(
+      config.names("learning_rate"), lr, "the learning-rate schedule's value"
+    )
   if config.counts and count is not None:
     count = jnp.asarray(optax.safe_increment(count))
-  scalars = functools.cache(
-    functools.partial(
-      _rule.scalars, hyper, jnp.asarray(0.0 if lr is None else lr), count, config.rule
-    )
-  )
-  out: _Outputs = ([], [], [], [])
-  for i, g in enumerate(grads):
-    decays = params is not None and (facts.decays is None or facts.decays[i])
-    results = _update_leaf(
-      g,
-      nus[i],
-      None if mus is None else mus[i],
-      None if traces is None else traces[i],
-      params[i] if decays and params is not None else None,
-      scalars,
-      config.rule,
-    )
-    out_dtype = g.dtype if facts.out_dtypes is None else facts.out_dtypes[i]
-    out[0].append(results[0].astype(out_dtype))
-    for outputs, new in zip(out[1:], results[1:], strict=True):
-      if new is not None:
-        outputs.append(new)
-  return out, count
+  return lr, count
 
 
 def _update_leaf(
@@ -117,6 +150,7 @@ def _update_leaf(
   p: jax.Array | None,
   scalars: Callable[[Any], _rule.Scalars],
   rule: _rule.Rule,
+  lazy: bool,
 ) -> tuple[jax.Array, Any, Any, Any]:
   """Reads one leaf's state in its compute dtype, steps it, stores it back."""
   dtype = _storage.compute_dtype(g.dtype, _storage.dtype_of(nu))
@@ -124,88 +158,71 @@ def _update_leaf(
   sc = scalars(dtype)
   if p is None:  # no weight decay on this leaf
     sc = sc._replace(coupled_wd=None, decoupled_wd=None)
-  load = lambda x: None if x is None else _storage.load(x, dtype)  # noqa: E731
-  u, new_nu, new_mu, new_trace = _rule.update(
+  step = _rule.update(
     g.astype(cdtype),
     _storage.load(nu, dtype),
-    load(mu),
-    load(trace),
+    None if mu is None else _storage.load(mu, dtype),
+    None if trace is None else _storage.load(trace, dtype),
     None if p is None else p.astype(cdtype),
     sc,
     rule,
+    lazy=lazy and g.ndim >= 1,
   )
-  store = lambda x, like: None if like is None else _storage.store(x, like)  # noqa: E731
-  return u, store(new_nu, nu), store(new_mu, mu), store(new_trace, trace)
+
+  def store(new: Any, old: Any) -> Any:
+    if old is None:
+      return None
+    stored = _storage.store(new, old)
+    # Lazy rows keep what is stored, bit for bit, not a re-encoding of it.
+    return stored if step.rows is None else _storage.keep_rows(step.rows, stored, old)
+
+  return step.update, store(step.nu, nu), store(step.mu, mu), store(step.trace, trace)
 
 
-_update_leaves_jit = jax.jit(_update_leaves, static_argnames=("config", "facts"))
-
-
-def _transformation(
-  hyper: _rule.Hyper,
-  config: _Config,
-  state_dtype: jnp.dtype | None,
-  weight_decay_mask: Any,
-) -> optax.GradientTransformationExtraArgs:
-  """The optax transformation of validated arguments."""
-
-  def init_fn(params: optax.Params) -> optax.OptState:
-    v.check_param_leaves(params)
-
-    def fill(value: Any, is_nu: bool) -> optax.Updates:
-      return jax.tree.map(
-        lambda p: _storage.init_leaf(p, value, state_dtype, is_nu=is_nu), params
-      )
-
-    state = RMSPropState(
-      count=_replicated_count(params) if config.counts else None,
-      nu=fill(hyper.initial_scale, True),
-      mu=fill(0.0, False) if config.rule.centered else None,
-      trace=fill(0.0, False) if hyper.momentum is not None else None,
+def _leaves(updates: Any, st: RMSPropState, params: Any, config: _Config) -> _Leaves:
+  """Flattens and checks every tree of one update against ``updates``."""
+  grads = [jnp.asarray(g) for g in jax.tree.leaves(updates)]  # numbers too
+  shapes = [g.shape for g in grads]
+  nus = v.flatten_like(updates, st.nu, "updates", "state.nu")
+  v.check_shapes(
+    updates, shapes, [_storage.logical_shape(n) for n in nus], "updates", "state.nu"
+  )
+  leaves_p = None
+  if params is not None:
+    leaves_p = [
+      jnp.asarray(p) for p in v.flatten_like(updates, params, "updates", "params")
+    ]
+    v.check_shapes(updates, shapes, [p.shape for p in leaves_p], "updates", "params")
+  elif config.decays:
+    raise ValueError(
+      f"{config.names('weight_decay')} is enabled, so update needs params: call "
+      "update(grads, state, params). Under optax.inject_hyperparams "
+      "weight_decay is traced even when it is 0: pass params, or add "
+      "'weight_decay' to static_args."
     )
-    # optax's OptState alias has no room for the None fields of disabled options.
-    return cast(optax.OptState, state)
+  every = (True,) * len(grads)
+  # A callable lazy_rows reads the tree's structure and shapes, which the
+  # updates share with the params when these are not given.
+  tree = updates if params is None else params
+  return _Leaves(
+    grads=grads,
+    nus=nus,
+    mus=_optional_leaves(updates, st.mu, config.rule.centered, "mu", "centered"),
+    traces=_optional_leaves(updates, st.trace, config.momentum, "trace", "momentum"),
+    params=leaves_p if config.decays else None,
+    decays=_flags(config.weight_decay_mask, tree, "weight_decay_mask", every),
+    lazy=_flags(config.lazy_rows, tree, "lazy_rows", (False,) * len(grads)),
+    out_dtypes=[
+      g.dtype if leaves_p is None else _storage.canonical_dtype(p.dtype)
+      for g, p in zip(grads, leaves_p or grads, strict=True)
+    ],
+  )
 
-  def update_fn(
-    updates: optax.Updates,
-    state: optax.OptState,
-    params: optax.Params | None = None,
-    **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.OptState]:
-    del extra_args
-    st = _checked_state(state, config)
-    grads, treedef = jax.tree.flatten(updates)
-    leaves_p = None if params is None else _checked_params(updates, grads, params)
-    decays = _decays(hyper, params is not None)
-    args = (
-      grads,
-      _state_leaves(updates, grads, st.nu),
-      _optional_leaves(updates, st.mu, config.rule.centered, "mu", "centered"),
-      _optional_leaves(
-        updates, st.trace, hyper.momentum is not None, "trace", "momentum"
-      ),
-      leaves_p if decays else None,
-      st.count,
-      hyper,
-    )
-    facts = _LeafFacts(
-      decays=v.broadcast_mask(weight_decay_mask, params)
-      if decays and weight_decay_mask is not None
-      else None,
-      out_dtypes=_out_dtypes(leaves_p, grads),
-    )
-    (us, nus, mus, traces), count = _compile.run(
-      _update_leaves_jit, _update_leaves, *args, config=config, facts=facts
-    )
-    new_state = RMSPropState(
-      count=count,
-      nu=treedef.unflatten(nus),
-      mu=treedef.unflatten(mus) if config.rule.centered else None,
-      trace=treedef.unflatten(traces) if hyper.momentum is not None else None,
-    )
-    return treedef.unflatten(us), cast(optax.OptState, new_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+def _flags(
+  mask: Any, tree: Any, name: str, default: tuple[bool, ...]
+) -> tuple[bool, ...]:
+  return default if mask is None else v.broadcast_mask(mask, tree, name)
 
 
 def _checked_state(state: Any, config: _Config) -> RMSPropState:
@@ -221,13 +238,6 @@ def _checked_state(state: Any, config: _Config) -> RMSPropState:
       "one."
     )
   return state
-
-
-def _state_leaves(updates: Any, grads: list[Any], nu: Any) -> list[Any]:
-  nus = v.flatten_like(updates, nu, "updates", "state.nu")
-  shapes = [_storage.logical_shape(n) for n in nus]
-  v.check_shapes(updates, [g.shape for g in grads], shapes, "updates", "state.nu")
-  return nus
 
 
 def _optional_leaves(
@@ -246,38 +256,6 @@ def _optional_leaves(
   return v.flatten_like(updates, tree, "updates", f"state.{field}")
 
 
-def _decays(hyper: _rule.Hyper, has_params: bool) -> bool:
-  """Whether weight decay is on; it reads the params, so they must be given."""
-  decay = hyper.coupled_weight_decay
-  if decay is None:
-    decay = hyper.decoupled_weight_decay
-  if decay is not None and not has_params:
-    raise ValueError(
-      f"weight_decay is enabled (weight_decay={decay!r}), so update needs "
-      "params: call update(grads, state, params). Under "
-      "optax.inject_hyperparams weight_decay is traced even when it is 0: pass "
-      "params, or add 'weight_decay' to static_args."
-    )
-  return decay is not None
-
-
-def _checked_params(updates: Any, grads: list[Any], params: Any) -> list[Any]:
-  leaves = v.flatten_like(updates, params, "updates", "params")
-  shapes = [jnp.shape(p) for p in leaves]
-  v.check_shapes(updates, [g.shape for g in grads], shapes, "updates", "params")
-  return leaves
-
-
-def _out_dtypes(params: list[Any] | None, grads: list[Any]) -> tuple[str, ...] | None:
-  """The params' dtypes, when an update must take them instead of the grads'."""
-  if params is None:
-    return None
-  dtypes = [jax.dtypes.canonicalize_dtype(jnp.result_type(p)) for p in params]
-  if all(d == g.dtype for d, g in zip(dtypes, grads, strict=True)):
-    return None
-  return tuple(d.name for d in dtypes)
-
-
 def _replicated_count(params: optax.Params) -> jax.Array:
   """A zero step count, replicated over the params' mesh when they have one.
 
@@ -293,21 +271,50 @@ def _replicated_count(params: optax.Params) -> jax.Array:
   return count
 
 
-def _centered_state_warning(centered: bool, state_dtype: jnp.dtype | None) -> None:
-  """Centred RMSProp computes nu - |mu|^2, which low-precision storage cancels."""
-  if not centered or state_dtype is None or state_dtype.itemsize >= 4:
-    return
-  bits = int(jnp.finfo(state_dtype).nmant)
-  # Rounding nu and |mu|^2 to the format loses about 2**-(bits + 1) of each, as
-  # much as the variance holds once the spread is below 2**-((bits + 1) / 2).
-  spread = 100 * 2.0 ** (-(bits + 1) / 2)
-  v.warn(
-    f"centered=True with state_dtype={state_dtype.name}: the variance "
-    f"nu - |mu|^2 is a difference of two rounded numbers, and with a {bits}-bit "
-    f"mantissa it rounds to 0 once the gradient's spread is below about "
-    f"{spread:.0f}% of its mean, so steps grow towards lr * g / sqrt(eps). "
-    "Use float32 state for centred RMSProp."
-  )
+def _transformation(
+  hyper: _rule.Hyper, config: _Config, state_dtype: jnp.dtype | None
+) -> optax.GradientTransformationExtraArgs:
+  """The optax transformation of checked arguments."""
+
+  def init_fn(params: optax.Params) -> optax.OptState:
+    v.check_param_leaves(params)
+    params = jax.tree.map(_storage.as_array, params)  # Python numbers too
+    lazy = _flags(config.lazy_rows, params, "lazy_rows", ())
+    quantizable = [
+      not (lazy and lazy[i] and jnp.ndim(p) == 1)
+      for i, p in enumerate(jax.tree.leaves(params))
+    ]
+
+    def fill(value: Any, is_nu: bool) -> optax.Updates:
+      leaves, treedef = jax.tree.flatten(params)
+      return treedef.unflatten(
+        [
+          _storage.init_leaf(p, value, state_dtype, is_nu=is_nu, quantize=q)
+          for p, q in zip(leaves, quantizable, strict=True)
+        ]
+      )
+
+    state = RMSPropState(
+      count=_replicated_count(params) if config.counts else None,
+      nu=fill(hyper.initial_scale, True),
+      mu=fill(0.0, False) if config.rule.centered else None,
+      trace=fill(0.0, False) if config.momentum else None,
+    )
+    # optax's OptState alias has no room for the None fields of disabled options.
+    return cast(optax.OptState, state)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    del extra_args
+    update = _update if _compile.staging(updates) else _update_jit
+    new_updates, new_state = update(updates, state, params, hyper, config=config)
+    return new_updates, cast(optax.OptState, new_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 #: The core's own names: every argument as :func:`rmsprop` spells it.
@@ -316,113 +323,55 @@ CORE_NAMES = v.Names(none_means_off=frozenset({"momentum"}))
 
 def build(
   names: v.Names,
+  rule: _rule.Rule,
+  hyper: _rule.Hyper,
   *,
-  learning_rate: Any = None,
-  decay: Any = 0.9,
-  eps: Any = 1e-8,
-  initial_scale: Any = 0.0,
-  eps_in_sqrt: bool = True,
-  centered: bool = False,
-  momentum: Any = None,
-  nesterov: bool = False,
-  bias_correction: bool = False,
-  weight_decay: Any = 0.0,
-  decoupled_weight_decay: bool = False,
-  corrected_weight_decay: bool = False,
-  max_lr: Any = None,
   weight_decay_mask: Any = None,
-  lr_in_momentum: bool = True,
-  maximize: bool = False,
-  caution: bool = False,
+  lazy_rows: Any = None,
   state_dtype: Any = None,
-  scale_only: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """The one builder behind :func:`rmsprop`, :func:`scale_by_rms` and the presets.
 
   Every value is checked here, once, and reported under the name the caller's
   API gives it (``names``).
+
+  Args:
+    names: how the caller's API spells the core's arguments.
+    rule: the structural options, as given (each is checked to be a bool).
+    hyper: the hyper-parameters as given: a schedule in ``learning_rate``,
+      weight decay in the field of its kind, ``None`` where an option is off.
+    weight_decay_mask: ``None``, a bool pytree or a callable returning one.
+    lazy_rows: the same forms, for the leaves updated row by row.
+    state_dtype: the storage dtype of the state, or ``None``.
   """
-  schedule = learning_rate if callable(learning_rate) else None
-  rule = _rule.Rule(
-    eps_in_sqrt=bool(eps_in_sqrt),
-    centered=bool(centered),
-    bias_correction=bool(bias_correction),
-    nesterov=bool(nesterov),
-    lr_in_momentum=bool(lr_in_momentum),
-    maximize=bool(maximize),
-    caution=bool(caution),
-    scale_only=bool(scale_only),
+  rule = _rule.Rule(**{k: v.check_flag(names, k, x) for k, x in rule._asdict().items()})
+  v.check_hyperparameters(names, hyper, scale_only=rule.scale_only)
+  v.check_needs_momentum(
+    names, {"nesterov": rule.nesterov, "caution": rule.caution}, hyper.momentum
   )
-  hyper = _rule.Hyper(
-    learning_rate=None if schedule or scale_only else learning_rate,
-    decay=decay,
-    eps=eps,
-    initial_scale=initial_scale,
-    momentum=momentum,
-    max_lr=_corrected_max_lr(
-      names, corrected_weight_decay, decoupled_weight_decay, max_lr, learning_rate
-    ),
-    **_weight_decay(weight_decay, decoupled_weight_decay),
-  )
-  _check_numbers(names, hyper, weight_decay)
-  _check_needs_momentum(names, rule, hyper)
   state_dtype = v.check_state_dtype(state_dtype)
-  _centered_state_warning(rule.centered, state_dtype)
-  config = _Config(rule=rule, schedule=schedule)
-  return _transformation(hyper, config, state_dtype, weight_decay_mask)
+  v.centered_state_warning(rule.centered, state_dtype)
+  schedule = hyper.learning_rate if callable(hyper.learning_rate) else None
+  hyper = hyper._replace(
+    learning_rate=None if schedule or rule.scale_only else hyper.learning_rate,
+    coupled_weight_decay=_zero_is_off(hyper.coupled_weight_decay),
+    decoupled_weight_decay=_zero_is_off(hyper.decoupled_weight_decay),
+  )
+  config = _Config(
+    names=names,
+    rule=rule,
+    schedule=schedule,
+    momentum=hyper.momentum is not None,
+    decays=(hyper.coupled_weight_decay, hyper.decoupled_weight_decay) != (None, None),
+    weight_decay_mask=v.static_mask(weight_decay_mask, names("weight_decay_mask")),
+    lazy_rows=v.static_mask(lazy_rows, "lazy_rows"),
+  )
+  return _transformation(hyper, config, state_dtype)
 
 
-def _weight_decay(weight_decay: Any, decoupled: bool) -> dict[str, Any]:
-  """The weight-decay field of ``Hyper``; none for a concrete 0."""
-  if v.concrete_value(weight_decay) == 0.0:
-    return {}
-  key = "decoupled_weight_decay" if decoupled else "coupled_weight_decay"
-  return {key: weight_decay}
-
-
-def _check_numbers(names: v.Names, hyper: _rule.Hyper, weight_decay: Any) -> None:
-  for key in ("learning_rate", "decay", "eps", "initial_scale", "momentum"):
-    value = getattr(hyper, key)
-    if value is not None:
-      v.check_hyper(names, key, value)
-  v.check_hyper(names, "weight_decay", weight_decay)
-
-
-def _check_needs_momentum(names: v.Names, rule: _rule.Rule, hyper: _rule.Hyper) -> None:
-  for option, on in (("nesterov", rule.nesterov), ("caution", rule.caution)):
-    if on and hyper.momentum is None:
-      raise ValueError(
-        f"{names(option)}=True needs {names('momentum')}; got "
-        f"{names('momentum')}=None. Pass e.g. {names('momentum')}=0.9."
-      )
-
-
-def _corrected_max_lr(
-  names: v.Names, corrected: bool, decoupled: bool, max_lr: Any, learning_rate: Any
-) -> Any:
-  """The ``max_lr`` of corrected weight decay; ``None`` when that is off."""
-  if not corrected:
-    if max_lr is not None:
-      raise ValueError(
-        f"{names('max_lr')} is read only with {names('corrected_weight_decay')}"
-        f"=True; got {names('max_lr')}={max_lr!r}."
-      )
-    return None
-  if not decoupled:
-    raise ValueError(
-      f"{names('corrected_weight_decay')}=True corrects decoupled weight decay; "
-      f"pass {names('decoupled_weight_decay')}=True as well."
-    )
-  if max_lr is None and callable(learning_rate):
-    raise ValueError(
-      f"{names('corrected_weight_decay')}=True with a learning-rate schedule "
-      f"needs {names('max_lr')}, the learning rate the decay is corrected "
-      f"against (timm: the lr the optimizer was built with); got "
-      f"{names('max_lr')}=None. Pass e.g. {names('max_lr')}=schedule(0)."
-    )
-  max_lr = learning_rate if max_lr is None else max_lr
-  v.check_hyper(names, "max_lr", max_lr)
-  return max_lr
+def _zero_is_off(weight_decay: Any) -> Any:
+  """A concrete weight decay of 0 is no weight decay: it needs no params."""
+  return None if v.concrete_value(weight_decay) == 0.0 else weight_decay
 
 
 def scale_by_rms(
@@ -469,14 +418,14 @@ def scale_by_rms(
   """
   tx = build(
     CORE_NAMES,
-    decay=decay,
-    eps=eps,
-    initial_scale=initial_scale,
-    eps_in_sqrt=eps_in_sqrt,
-    centered=centered,
-    bias_correction=bias_correction,
+    _rule.Rule(
+      eps_in_sqrt=eps_in_sqrt,
+      centered=centered,
+      bias_correction=bias_correction,
+      scale_only=True,
+    ),
+    _rule.Hyper(learning_rate=None, decay=decay, eps=eps, initial_scale=initial_scale),
     state_dtype=state_dtype,
-    scale_only=True,
   )
   return optax.GradientTransformation(tx.init, tx.update)
 
@@ -497,6 +446,7 @@ def rmsprop(
   corrected_weight_decay: bool = False,
   max_lr: float | jax.Array | None = None,
   weight_decay_mask: Any = None,
+  lazy_rows: Any = None,
   lr_in_momentum: bool = True,
   maximize: bool = False,
   caution: bool = False,
@@ -528,7 +478,10 @@ def rmsprop(
   :math:`u = -(\alpha_k s + m b)` or :math:`u = -\alpha_k(s + m b)`. With
   ``caution`` the update is zeroed where it points along the gradient and the
   rest is divided by its share of the leaf. The state's ``trace`` holds
-  :math:`-b`, the buffer with the update's sign.
+  :math:`-b`, the buffer with the update's sign. With ``lazy_rows``, a row of a
+  marked leaf whose gradient :math:`g` (after the coupled weight-decay term) is
+  zero everywhere is skipped: :math:`u = 0` there and its :math:`\nu`,
+  :math:`\mu` and :math:`b` keep their stored values.
 
   ``update`` takes the numeric hyper-parameters as arguments of one compiled
   computation: it is fast when called eagerly (e.g. in a notebook), and
@@ -561,6 +514,15 @@ def rmsprop(
     weight_decay_mask: a pytree of bools with the params' structure (or a
       prefix of it), or a callable ``params -> pytree``; weight decay applies
       only where True.
+    lazy_rows: the leaves updated row by row, as TF updates embedding tables
+      from a lookup's sparse gradient: ``True`` for every leaf, or the forms of
+      ``weight_decay_mask``. On such a leaf, a row (an index along axis 0)
+      whose gradient is zero in every entry is left exactly as it is that step:
+      its update is 0 and its ``nu``, ``mu`` and momentum buffer keep their
+      stored values, bit for bit; the step count still advances. 0-d leaves
+      have no rows and follow the dense rule. A row that was looked up but
+      whose gradient sums to exactly zero counts as untouched, where TF would
+      decay it (see the porting guide).
     lr_in_momentum: whether the momentum buffer accumulates ``lr * s``
       (optax, Keras, TF) or ``s`` with the learning rate applied afterwards
       (PyTorch). They differ once the learning rate changes.
@@ -578,7 +540,10 @@ def rmsprop(
 
   Raises:
     ValueError: a hyper-parameter outside its allowed range (checked when it
-      is a concrete number), or an option without the one it needs.
+      is a concrete number, and a schedule's value when it is traced), a
+      learning rate of ``None``, or an option without the one it needs.
+    TypeError: a value of the wrong type, e.g. a string for a number or an
+      array for a flag.
 
   Examples:
     >>> import jax, jax.numpy as jnp, rmsprop_jax
@@ -598,24 +563,30 @@ def rmsprop(
     - Defazio, "Why Gradients Rapidly Increase Near the End of Training",
       arXiv:2506.02285, 2025.
   """
+  names = CORE_NAMES
+  decoupled = v.check_flag(names, "decoupled_weight_decay", decoupled_weight_decay)
+  corrected = v.check_flag(names, "corrected_weight_decay", corrected_weight_decay)
   return build(
-    CORE_NAMES,
-    learning_rate=learning_rate,
-    decay=decay,
-    eps=eps,
-    initial_scale=initial_scale,
-    eps_in_sqrt=eps_in_sqrt,
-    centered=centered,
-    momentum=momentum,
-    nesterov=nesterov,
-    bias_correction=bias_correction,
-    weight_decay=weight_decay,
-    decoupled_weight_decay=decoupled_weight_decay,
-    corrected_weight_decay=corrected_weight_decay,
-    max_lr=max_lr,
+    names,
+    _rule.Rule(
+      eps_in_sqrt=eps_in_sqrt,
+      centered=centered,
+      bias_correction=bias_correction,
+      nesterov=nesterov,
+      lr_in_momentum=lr_in_momentum,
+      maximize=maximize,
+      caution=caution,
+    ),
+    _rule.Hyper(
+      learning_rate=learning_rate,
+      decay=decay,
+      eps=eps,
+      initial_scale=initial_scale,
+      momentum=momentum,
+      max_lr=v.corrected_max_lr(names, corrected, decoupled, max_lr, learning_rate),
+      **_rule.weight_decay(weight_decay, decoupled=decoupled),
+    ),
     weight_decay_mask=weight_decay_mask,
-    lr_in_momentum=lr_in_momentum,
-    maximize=maximize,
-    caution=caution,
+    lazy_rows=lazy_rows,
     state_dtype=state_dtype,
   )

@@ -43,6 +43,23 @@ def concrete_value(value: Any) -> float | None:
   return None
 
 
+def is_real_number(value: Any) -> bool:
+  """Whether ``value`` is a real number: an int or float, or an array of one.
+
+  Booleans and complex numbers are not, nor are strings or ``None``.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return False
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    return True
+  dtype = getattr(value, "dtype", None)
+  if (
+    not isinstance(value, (np.ndarray, np.generic, jax.Array, Tracer)) or dtype is None
+  ):
+    return False
+  return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+
+
 def check_range(
   name: str,
   value: Any,
@@ -68,7 +85,7 @@ def check_range(
     raise ValueError(
       f"{name} must be a scalar ({allowed}); got an array of shape {np.shape(value)}."
     )
-  if not isinstance(value, (int, float, np.number, np.ndarray, jax.Array, Tracer)):
+  if not is_real_number(value):
     raise TypeError(
       f"{name} must be a real number ({allowed}); got {value!r} of type "
       f"{type(value).__name__}."
@@ -83,9 +100,12 @@ def check_range(
     raise ValueError(f"{name} must satisfy {allowed}; got {name}={x!r}.")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Names:
   """How one API names the core's hyper-parameters, for its error messages.
+
+  One instance per API, compared by identity: it is part of the static
+  configuration that keys the compiled update.
 
   Attributes:
     rename: the API's name of a core argument, where it differs
@@ -130,6 +150,131 @@ def check_hyper(names: Names, key: str, value: Any) -> None:
     low_open=low_open,
     high_open=True,
     allowed=allowed,
+  )
+
+
+# Hyper's two weight-decay fields are one argument, weight_decay, to the user.
+_HYPER_KEYS = {
+  "coupled_weight_decay": "weight_decay",
+  "decoupled_weight_decay": "weight_decay",
+}
+
+
+def check_hyperparameters(names: Names, hyper: Any, *, scale_only: bool) -> None:
+  """Checks every hyper-parameter of ``hyper`` (a ``_rule.Hyper``) that is given.
+
+  A learning rate of ``None`` is refused outright, except for
+  :func:`scale_by_rms`, which has none: every update would be zero.
+  """
+  if hyper.learning_rate is None and not scale_only:
+    name = names("learning_rate")
+    raise ValueError(
+      f"{name} must be a non-negative number or an optax schedule; got "
+      f"{name}=None, with which every update would be zero."
+    )
+  for key, value in hyper._asdict().items():
+    if value is not None and not (key == "learning_rate" and callable(value)):
+      check_hyper(names, _HYPER_KEYS.get(key, key), value)
+
+
+def check_scalar_value(name: str, value: Any, what: str) -> None:
+  """A value computed while tracing (a schedule's) must be a real scalar.
+
+  Args:
+    name: the argument's name as the user typed it (``learning_rate``, ``lr``).
+    value: the value, concrete or traced.
+    what: where the value comes from, for the message.
+  """
+  if not is_real_number(value):
+    raise TypeError(
+      f"{name} must be a real scalar, but {what} is {value!r} of type "
+      f"{type(value).__name__}"
+      + (f" and dtype {value.dtype}" if hasattr(value, "dtype") else "")
+      + "."
+    )
+  if np.ndim(value) != 0:
+    raise ValueError(
+      f"{name} must be a real scalar, but {what} has shape {np.shape(value)}: it "
+      "would be broadcast into every update. Return one number per step."
+    )
+
+
+def check_flag(names: Names, key: str, value: Any) -> bool:
+  """A structural option: a Python bool, or a concrete boolean scalar."""
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  concrete = isinstance(value, (int, np.integer)) or (
+    isinstance(value, (np.ndarray, jax.Array))
+    and not isinstance(value, Tracer)
+    and np.ndim(value) == 0
+    and (value.dtype == np.bool_ or jnp.issubdtype(value.dtype, jnp.integer))
+  )
+  if concrete and int(value) in (0, 1):
+    return bool(value)
+  hint = ""
+  if isinstance(value, Tracer):
+    hint = f" Under optax.inject_hyperparams pass static_args=({names(key)!r},)."
+  raise TypeError(
+    f"{names(key)} must be True or False; got {value!r} of type "
+    f"{type(value).__name__}. It changes what is computed, so it is fixed when "
+    f"the optimizer is built.{hint}"
+  )
+
+
+def check_needs_momentum(
+  names: Names, options: Mapping[str, bool], momentum: Any
+) -> None:
+  """Options that act on the momentum buffer need one."""
+  for option, on in options.items():
+    if on and momentum is None:
+      raise ValueError(
+        f"{names(option)}=True needs {names('momentum')}; got "
+        f"{names('momentum')}=None. Pass e.g. {names('momentum')}=0.9."
+      )
+
+
+def corrected_max_lr(
+  names: Names, corrected: bool, decoupled: bool, max_lr: Any, learning_rate: Any
+) -> Any:
+  """The ``max_lr`` of corrected weight decay; ``None`` when that is off."""
+  if not corrected:
+    if max_lr is not None:
+      raise ValueError(
+        f"{names('max_lr')} is read only with {names('corrected_weight_decay')}"
+        f"=True; got {names('max_lr')}={max_lr!r}."
+      )
+    return None
+  if not decoupled:
+    raise ValueError(
+      f"{names('corrected_weight_decay')}=True corrects decoupled weight decay; "
+      f"pass {names('decoupled_weight_decay')}=True as well."
+    )
+  if max_lr is None and callable(learning_rate):
+    raise ValueError(
+      f"{names('corrected_weight_decay')}=True with a learning-rate schedule "
+      f"needs {names('max_lr')}, the learning rate the decay is corrected "
+      f"against (timm: the lr the optimizer was built with); got "
+      f"{names('max_lr')}=None. Pass e.g. {names('max_lr')}=schedule(0)."
+    )
+  max_lr = learning_rate if max_lr is None else max_lr
+  check_hyper(names, "max_lr", max_lr)
+  return max_lr
+
+
+def centered_state_warning(centered: bool, state_dtype: jnp.dtype | None) -> None:
+  """Centred RMSProp computes nu - |mu|^2, which low-precision storage cancels."""
+  if not centered or state_dtype is None or state_dtype.itemsize >= 4:
+    return
+  bits = int(jnp.finfo(state_dtype).nmant)
+  # Rounding nu and |mu|^2 to the format loses about 2**-(bits + 1) of each, as
+  # much as the variance holds once the spread is below 2**-((bits + 1) / 2).
+  spread = 100 * 2.0 ** (-(bits + 1) / 2)
+  warn(
+    f"centered=True with state_dtype={state_dtype.name}: the variance "
+    f"nu - |mu|^2 is a difference of two rounded numbers, and with a {bits}-bit "
+    f"mantissa it rounds to 0 once the gradient's spread is below about "
+    f"{spread:.0f}% of its mean, so steps grow towards lr * g / sqrt(eps). "
+    "Use float32 state for centred RMSProp."
   )
 
 
@@ -250,29 +395,63 @@ def check_shapes(
       )
 
 
-def broadcast_mask(mask: Any, params: Any) -> tuple[bool, ...]:
-  """Resolves a weight-decay mask (a bool pytree prefix of params) to flags.
+def _mask_flag(name: str, path: Sequence[Any], m: Any) -> bool:
+  if isinstance(m, (bool, np.bool_)):
+    return bool(m)
+  hint = "Masks are per leaf (elementwise masks are not supported): split the leaf."
+  if isinstance(m, (jax.Array, np.ndarray)) and np.ndim(m) == 0:
+    hint = (
+      "optax.inject_hyperparams takes a callable for a schedule and passes its "
+      f"value on: pass static_args=({name!r},)."
+    )
+  raise TypeError(f"{name}{_path_str(path)} must be a Python bool; got {m!r}. {hint}")
 
-  Returns one Python bool per parameter leaf.
+
+@dataclasses.dataclass(frozen=True)
+class StaticMask:
+  """A bool pytree in a hashable form: its treedef and its leaves."""
+
+  treedef: Any
+  flags: tuple[bool, ...]
+
+  def tree(self) -> Any:
+    return self.treedef.unflatten(self.flags)
+
+
+def static_mask(mask: Any, name: str) -> Any:
+  """``mask`` as a hashable value, checked when the optimizer is built.
+
+  ``None`` and callables stay as they are (a callable is resolved against the
+  params when the update is traced); a bool pytree becomes a
+  :class:`StaticMask`, so that it can key the compiled update.
   """
-  if callable(mask):
-    mask = mask(params)
+  if mask is None or callable(mask):
+    return mask
+  flags = []
+  for path, m in jax.tree_util.tree_leaves_with_path(mask):
+    flags.append(_mask_flag(name, path, m))
+  return StaticMask(jax.tree.structure(mask), tuple(flags))
+
+
+def broadcast_mask(mask: Any, params: Any, name: str) -> tuple[bool, ...]:
+  """Resolves a mask (a bool pytree prefix of params) to one flag per leaf.
+
+  Args:
+    mask: a :class:`StaticMask`, or a callable ``params -> bool pytree``.
+    params: the tree the mask selects leaves of.
+    name: the argument's name, for messages (``weight_decay_mask``).
+  """
+  mask = mask.tree() if isinstance(mask, StaticMask) else mask(params)
   try:
     full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
   except (ValueError, TypeError) as e:
     raise ValueError(
-      "weight_decay_mask must be a pytree of bools with the structure of "
-      "params (or a prefix of it), or a callable returning one.\n"
+      f"{name} must be a pytree of bools with the structure of params (or a "
+      "prefix of it), or a callable returning one.\n"
       f"  params: {jax.tree.structure(params)}\n"
-      f"  weight_decay_mask: {jax.tree.structure(mask)}\n({e})"
+      f"  {name}: {jax.tree.structure(mask)}\n({e})"
     ) from None
   flags = []
   for path, m in jax.tree_util.tree_leaves_with_path(full):
-    if isinstance(m, (bool, np.bool_)):
-      flags.append(bool(m))
-    else:
-      raise TypeError(
-        f"weight_decay_mask{_path_str(path)} must be a Python bool; got "
-        f"{m!r}. Elementwise masks are not supported: split the leaf."
-      )
+    flags.append(_mask_flag(name, path, m))
   return tuple(flags)

@@ -100,20 +100,17 @@ def _tf1_rmsprop_with_l2(
 
   The TF recipes add ``weight_decay * sum(tf.nn.l2_loss(w))`` to the loss;
   ``l2_loss(w) = sum(w**2) / 2``, so the term adds exactly ``weight_decay * w``
-  to the gradient: coupled weight decay, ahead of the RMS statistics. Being
-  part of the loss, it is also part of the gradient that clipping sees.
+  to the gradient: :func:`tf1_rmsprop`'s ``weight_decay``. Being part of the
+  loss, the term is also part of the gradient that clipping sees, so with
+  clipping it is added first, by ``optax.add_decayed_weights``.
   """
   if max_grad_norm is None:
-    return rmsprop(
+    return tf1_rmsprop(
       learning_rate,
       decay=decay,
-      eps=epsilon,
-      initial_scale=1.0,  # TF1 starts its mean square at one
-      eps_in_sqrt=True,
       momentum=momentum,
-      lr_in_momentum=True,
+      epsilon=epsilon,
       weight_decay=weight_decay,
-      decoupled_weight_decay=False,
       weight_decay_mask=weight_decay_mask,
     )
   return optax.chain(

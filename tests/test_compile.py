@@ -72,7 +72,7 @@ def _warm_probe():
 def _nested_calls(jaxpr: Any) -> list[str]:
   """The package's own functions that appear as nested calls in ``jaxpr``."""
   names = [str(e.params.get("name")) for e in jaxpr.jaxpr.eqns]
-  return [n for n in names if n in ("_update_leaves", "_quantized_fill")]
+  return [n for n in names if n in ("_update", "_quantized_fill")]
 
 
 def test_probe_tells_recording_traces_from_eager_transformations():
@@ -108,7 +108,7 @@ def test_eager_update_is_one_compiled_computation():
   opt, params, grads = _problem()
   state = opt.init(params)
   step = lambda: opt.update(grads, state, params)  # noqa: E731
-  assert _compiled_during(step) == ["_update_leaves"]
+  assert _compiled_during(step) == ["_update"]
   assert _compiled_during(step) == []  # cached
 
 
@@ -117,7 +117,7 @@ def test_eager_vmap_of_update_is_one_compiled_computation():
   state = opt.init(params)
   batched = jax.tree.map(lambda g: jnp.stack([g, 2 * g]), grads)
   run = lambda: jax.vmap(lambda g: opt.update(g, state, params)[0])(batched)  # noqa: E731
-  assert _compiled_during(run) == ["_update_leaves"]
+  assert _compiled_during(run) == ["_update"]
 
 
 def test_eager_grad_through_update_is_one_compiled_computation():
@@ -132,7 +132,7 @@ def test_eager_grad_through_update_is_one_compiled_computation():
   jax.grad(square)(grads)  # the loss's own operations compile here, not below
   names = _compiled_during(lambda: jax.grad(loss)(grads))
   # The forward pass and its transpose, each one computation.
-  assert set(names) == {"_update_leaves"}, names
+  assert set(names) == {"_update"}, names
 
 
 def test_update_under_a_user_jit_traces_into_the_users_program():

@@ -385,7 +385,7 @@ def test_hyperparameters_are_arguments_not_constants():
   state = tx.init(params)
   g = jax.tree.map(jnp.ones_like, params)
   _, state = tx.update(g, state, params)
-  size = _transform._update_leaves_jit._cache_size()
+  size = _transform._update_jit._cache_size()
   for value in [0.05, 0.01, 0.2]:
     hp = dict(state.hyperparams)
     hp.update(
@@ -397,7 +397,7 @@ def test_hyperparameters_are_arguments_not_constants():
     )
     state = state._replace(hyperparams=hp)
     _, state = tx.update(g, state, params)
-  assert _transform._update_leaves_jit._cache_size() == size
+  assert _transform._update_jit._cache_size() == size
 
 
 def test_vmap_over_learning_rates_matches_separate_runs():

@@ -315,32 +315,27 @@ def test_non_number_argument_is_a_type_error_naming_it(library: str, name: str) 
     _call(library, {name: "0.9"})
 
 
-@pytest.mark.parametrize("library", loader.LIBRARIES)
-def test_every_preset_has_every_library_argument(library: str) -> None:
-  expected = {
-    "torch": [
-      "lr",
-      "alpha",
-      "eps",
-      "weight_decay",
-      "momentum",
-      "centered",
-      "maximize",
-      "weight_decay_mask",
-      "state_dtype",
-    ],
-    "keras": [
-      "learning_rate",
-      "rho",
-      "momentum",
-      "epsilon",
-      "centered",
-      "weight_decay",
-      "weight_decay_mask",
-      "state_dtype",
-    ],
-    "tf1": ["learning_rate", "decay", "momentum", "epsilon", "centered", "state_dtype"],
-    "timm": [
+# Each preset's positional parameters follow its library's positional order up
+# to the first place they diverge (after ``params``): PyTorch's seventh is
+# ``capturable``, TF1's fifth ``use_locking``, Keras 3's seventh ``clipnorm``,
+# tf_keras legacy's sixth ``name``, timm's eleventh ``foreach``. What follows is
+# keyword-only, so that no positional call means something else than in the
+# library it was ported from.
+SIGNATURES = {
+  "torch": (
+    ["lr", "alpha", "eps", "weight_decay", "momentum", "centered"],
+    ["maximize", "weight_decay_mask", "state_dtype"],
+  ),
+  "keras": (
+    ["learning_rate", "rho", "momentum", "epsilon", "centered", "weight_decay"],
+    ["weight_decay_mask", "state_dtype"],
+  ),
+  "tf1": (
+    ["learning_rate", "decay", "momentum", "epsilon"],
+    ["centered", "weight_decay", "weight_decay_mask", "lazy_rows", "state_dtype"],
+  ),
+  "timm": (
+    [
       "lr",
       "alpha",
       "eps",
@@ -351,25 +346,43 @@ def test_every_preset_has_every_library_argument(library: str) -> None:
       "corrected_weight_decay",
       "lr_in_momentum",
       "caution",
-      "max_lr",
-      "weight_decay_mask",
-      "state_dtype",
     ],
-    "tf_keras_legacy": [
-      "learning_rate",
-      "rho",
-      "momentum",
-      "epsilon",
-      "centered",
-      "state_dtype",
-    ],
-  }["keras" if library == "tf_keras" else library]  # tf_keras: Keras 3's preset
-  parameters = inspect.signature(PRESETS[library]).parameters
-  assert list(parameters) == expected
-  keyword_only = [n for n, p in parameters.items() if p.kind == p.KEYWORD_ONLY]
-  assert keyword_only == [
-    n for n in expected if n in ("max_lr", "weight_decay_mask", "state_dtype")
+    ["max_lr", "weight_decay_mask", "state_dtype"],
+  ),
+  "tf_keras_legacy": (
+    ["learning_rate", "rho", "momentum", "epsilon", "centered"],
+    ["lazy_rows", "state_dtype"],
+  ),
+}
+
+
+@pytest.mark.parametrize("library", loader.LIBRARIES)
+def test_positional_parameters_follow_the_librarys_order(library: str) -> None:
+  positional, keyword_only = SIGNATURES[
+    "keras" if library == "tf_keras" else library  # tf_keras: Keras 3's preset
   ]
+  parameters = inspect.signature(PRESETS[library]).parameters.values()
+  assert [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD] == (
+    positional
+  )
+  assert [p.name for p in parameters if p.kind == p.KEYWORD_ONLY] == keyword_only
+
+
+@pytest.mark.parametrize(
+  ("preset", "args", "extra"),
+  [
+    # TF1's RMSPropOptimizer(lr, 0.9, 0.0, 1e-10, True): use_locking=True.
+    (rmsprop_jax.tf1_rmsprop, (0.01, 0.9, 0.0, 1e-10), True),
+    # torch.optim.RMSprop(params, lr, alpha, eps, wd, m, centered, True):
+    # capturable=True.
+    (rmsprop_jax.torch_rmsprop, (0.01, 0.99, 1e-8, 0.0, 0.0, False), True),
+  ],
+  ids=["tf1-use_locking", "torch-capturable"],
+)
+def test_a_positional_argument_past_the_librarys_order_is_refused(preset, args, extra):
+  preset(*args)  # the positional arguments the two libraries share
+  with pytest.raises(TypeError, match="positional argument"):
+    preset(*args, extra)
 
 
 # ----------------------------------------------------------------- behaviour

@@ -413,7 +413,9 @@ def test_weight_decay_mask_of_another_structure_raises_value_error():
 def test_elementwise_weight_decay_mask_raises_type_error_naming_its_path():
   params = {"a": jnp.ones(2)}
   mask = {"a": jnp.array([True, False])}
-  opt = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask=mask)
+  with pytest.raises(TypeError, match=re.escape("weight_decay_mask['a'] must be")):
+    rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask=mask)
+  opt = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask=lambda p: mask)
   with pytest.raises(TypeError, match=re.escape("weight_decay_mask['a'] must be")):
     opt.update(params, opt.init(params), params)
 

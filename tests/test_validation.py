@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,12 +119,95 @@ def test_float8_format_newer_than_ml_dtypes_names_the_version_it_needs(name):
       rmsprop_jax.rmsprop(0.1, state_dtype=name)
 
 
-def test_traced_hyperparameters_are_not_checked():
+def test_traced_hyperparameters_are_not_range_checked_but_used():
+  # A tracer's value cannot be inspected, so its range is not checked (an
+  # out-of-range value is the caller's to avoid); it is used as given.
   def f(decay):
     tx = rmsprop_jax.rmsprop(0.1, decay=decay)
     return tx.update(jnp.ones(2), tx.init(jnp.ones(2)))[0]
 
-  jax.jit(f)(0.5)  # a tracer cannot be inspected; no error
+  g = 1.0
+  for decay in (0.5, 1.5):
+    nu = (1 - decay) * g**2
+    want = -0.1 * g / np.sqrt(abs(nu) + 1e-8) if nu > 0 else np.nan
+    np.testing.assert_allclose(jax.jit(f)(decay), [want, want], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ("preset", "name"),
+  [
+    (rmsprop_jax.rmsprop, "learning_rate"),
+    (rmsprop_jax.torch_rmsprop, "lr"),
+    (rmsprop_jax.keras_rmsprop, "learning_rate"),
+    (rmsprop_jax.tf1_rmsprop, "learning_rate"),
+    (rmsprop_jax.timm_rmsprop_tf, "lr"),
+    (rmsprop_jax.tf_keras_legacy_rmsprop, "learning_rate"),
+  ],
+)
+def test_a_learning_rate_of_none_is_refused_when_built(preset, name):
+  with pytest.raises(ValueError, match=re.escape(f"got {name}=None")):
+    preset(**{name: None})
+
+
+SCHEDULE_VALUES = [
+  (lambda k: jnp.ones((4, 3)) * 0.1, ValueError, "has shape (4, 3)"),
+  (lambda k: jnp.ones(2) * 0.1, ValueError, "has shape (2,)"),
+  (lambda k: "0.1", TypeError, "is '0.1' of type str"),
+  (lambda k: None, TypeError, "is None of type NoneType"),
+  (lambda k: jnp.asarray(0.1 + 0.2j), TypeError, "dtype complex64"),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+  ("schedule", "error", "message"),
+  SCHEDULE_VALUES,
+  ids=["(4,3)", "(2,)", "str", "None", "complex"],
+)
+def test_a_schedule_value_that_is_no_real_scalar_is_refused_by_name(
+  schedule, error, message, jit
+):
+  for preset, name in (
+    (rmsprop_jax.rmsprop, "learning_rate"),
+    (rmsprop_jax.torch_rmsprop, "lr"),
+  ):
+    opt = preset(**{name: schedule})
+    params = {"b": jnp.ones(3)}
+    update = jax.jit(opt.update) if jit else opt.update
+    with pytest.raises(
+      error, match=rf"^{name} must be a real scalar, but .*" + re.escape(message)
+    ):
+      update(params, opt.init(params), params)
+
+
+def test_an_injected_learning_rate_array_is_refused_under_jit():
+  opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=0.1)
+  params = {"b": jnp.ones(3)}
+  state = opt.init(params)
+  state.hyperparams["learning_rate"] = jnp.full(3, 0.1)
+  with pytest.raises(
+    ValueError, match=re.escape("learning_rate must be a scalar (learning_rate >= 0)")
+  ):
+    jax.jit(opt.update)(params, state, params)
+
+
+@pytest.mark.parametrize(
+  "params",
+  [[1.0, 2.0], {"a": np.float32(1.5), "b": -2.0}, (np.float64(0.5),)],
+  ids=["python floats", "numpy and python scalars", "numpy float64"],
+)
+def test_python_and_numpy_scalars_are_parameter_leaves_as_in_optax(params):
+  ours, theirs = (
+    rmsprop_jax.rmsprop(0.1, momentum=0.9),
+    optax.rmsprop(0.1, momentum=0.9),
+  )
+  grads = jax.tree.map(lambda p: 0.5 * p, params)
+  u_ours, _ = ours.update(grads, ours.init(params), params)
+  u_theirs, _ = theirs.update(grads, theirs.init(params), params)
+  assert jax.tree.structure(u_ours) == jax.tree.structure(u_theirs)
+  chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-6)
+  for u in jax.tree.leaves(u_ours):
+    assert u.shape == () and u.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("bad", [jnp.arange(3), jnp.array([True, False])])
@@ -161,7 +245,9 @@ def test_update_rejects_params_of_another_shape():
 def test_weight_decay_without_params_raises(decoupled):
   tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, decoupled_weight_decay=decoupled)
   state = tx.init(jnp.ones(3))
-  with pytest.raises(ValueError, match="weight_decay is enabled .* needs params"):
+  with pytest.raises(
+    ValueError, match="weight_decay is enabled, so update needs params"
+  ):
     tx.update(jnp.ones(3), state)
 
 
@@ -178,8 +264,14 @@ def test_weight_decay_mask_errors_name_the_problem():
   params = {"w": jnp.ones(3)}
   with pytest.raises(ValueError, match="weight_decay_mask must be a pytree of bools"):
     tx.update(params, tx.init(params), params)
-  tx = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask={"w": 1.0})
-  with pytest.raises(
+  with pytest.raises(  # refused when the optimizer is built
+    TypeError, match=re.escape("weight_decay_mask['w'] must be a Python bool")
+  ):
+    rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask={"w": 1.0})
+  tx = rmsprop_jax.rmsprop(
+    0.1, weight_decay=0.1, weight_decay_mask=lambda p: {"w": jnp.asarray(True)}
+  )
+  with pytest.raises(  # a callable's result, when the update is traced
     TypeError, match=re.escape("weight_decay_mask['w'] must be a Python bool")
   ):
     tx.update(params, tx.init(params), params)
