@@ -57,6 +57,55 @@ def case(
   }
 
 
+# The arguments Keras 3, tf_keras and tf_keras' legacy RMSprop share.
+KERAS_STYLE_CASES: list[dict[str, Any]] = [
+  case("defaults", {}),
+  case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
+  case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
+  case("centered", {"learning_rate": 0.01, "centered": True}),
+  case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+]
+
+# Keras 3 and Keras 2.11+ (tf_keras) take the same arguments, schedules,
+# global_clipnorm and exclusions: one list serves both, and each library adds
+# the cases only it records.
+KERAS_CASES: list[dict[str, Any]] = [
+  *KERAS_STYLE_CASES,
+  case(
+    "momentum_centered",
+    {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
+  ),
+  case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
+  case(
+    "weight_decay_mask",
+    {"learning_rate": 0.01, "weight_decay": 0.5},
+    weight_decay_mask=MASK,
+  ),
+  case(
+    "everything",
+    {
+      "learning_rate": 0.005,
+      "rho": 0.8,
+      "epsilon": 1e-3,
+      "momentum": 0.7,
+      "centered": True,
+      "weight_decay": 0.2,
+    },
+  ),
+  case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
+  case(
+    "exponential_decay_momentum",
+    {"momentum": 0.9},
+    schedule={
+      "kind": "keras.ExponentialDecay",
+      "initial_learning_rate": 0.01,
+      "decay_steps": 5,
+      "decay_rate": 0.8,
+      "staircase": True,
+    },
+  ),
+]
+
 GRID: dict[str, list[dict[str, Any]]] = {
   "torch": [
     case("defaults", {}),
@@ -97,44 +146,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "keras": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
-    case(
-      "momentum_centered",
-      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
-    ),
-    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
-    case(
-      "weight_decay_mask",
-      {"learning_rate": 0.01, "weight_decay": 0.5},
-      weight_decay_mask=MASK,
-    ),
-    case(
-      "everything",
-      {
-        "learning_rate": 0.005,
-        "rho": 0.8,
-        "epsilon": 1e-3,
-        "momentum": 0.7,
-        "centered": True,
-        "weight_decay": 0.2,
-      },
-    ),
-    case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    *KERAS_CASES,
     case(
       "piecewise_constant_momentum",
       {"momentum": 0.9, "weight_decay": 0.1},
@@ -295,11 +307,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "tf_keras_legacy": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+    *KERAS_STYLE_CASES,
     # With momentum the fused kernel puts epsilon inside the root.
     case(
       "momentum_epsilon_1",
@@ -346,44 +354,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "tf_keras": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
-    case(
-      "momentum_centered",
-      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
-    ),
-    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
-    case(
-      "weight_decay_mask",
-      {"learning_rate": 0.01, "weight_decay": 0.5},
-      weight_decay_mask=MASK,
-    ),
-    case(
-      "everything",
-      {
-        "learning_rate": 0.005,
-        "rho": 0.8,
-        "epsilon": 1e-3,
-        "momentum": 0.7,
-        "centered": True,
-        "weight_decay": 0.2,
-      },
-    ),
-    case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    *KERAS_CASES,
     case(
       "piecewise_constant_weight_decay",
       {"weight_decay": 0.1},
