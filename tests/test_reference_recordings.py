@@ -20,7 +20,7 @@ import pytest
 from tests import numpy_reference as ref
 from tests.reference import loader
 
-TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
+TOLERANCE = loader.TOLERANCE  # float64 1e-9, float32 1e-5 of each leaf's scale
 EMBEDDING = loader.load_embedding_cases()
 TF1 = loader.load_cases("tf1")
 Rows = dict[str, np.ndarray]
@@ -86,22 +86,6 @@ def replay(case: loader.Case, config: dict[str, ref.Config]) -> Rows:
   return {leaf: np.stack([r[leaf] for r in rows]) for leaf in case.params}
 
 
-def deviation(ours: Rows, theirs: Rows) -> float:
-  """The largest error relative to each leaf's scale."""
-  return max(
-    float(np.max(np.abs(ours[k] - v)) / np.max(np.abs(v))) for k, v in theirs.items()
-  )
-
-
-def assert_close(ours: Rows, theirs: Rows, dtype: str) -> None:
-  tol = TOLERANCE[dtype]
-  for leaf, expected in theirs.items():
-    scale = float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(
-      ours[leaf], expected, rtol=tol, atol=tol * scale, err_msg=f"leaf {leaf}"
-    )
-
-
 def float64(cases: list[loader.Case]) -> list[loader.Case]:
   return [c for c in cases if c.dtype == "float64"]
 
@@ -111,7 +95,7 @@ def float64(cases: list[loader.Case]) -> list[loader.Case]:
 
 @pytest.mark.parametrize("case", EMBEDDING, ids=lambda c: c.id)
 def test_reference_reproduces_embedding_recording(case: loader.Case) -> None:
-  assert_close(replay(case, configs(case)), case.params, case.dtype)
+  loader.assert_trajectory_close(replay(case, configs(case)), case.params, case.dtype)
 
 
 def sparse_kernels(case: loader.Case) -> bool:
@@ -123,7 +107,7 @@ def sparse_kernels(case: loader.Case) -> bool:
 )
 def test_dense_rule_misses_sparse_kernel_recording(case: loader.Case) -> None:
   dense = replay(case, configs(case, "dense"))
-  assert deviation(dense, case.params) > 100 * TOLERANCE[case.dtype]
+  assert loader.deviation(dense, case.params) > 100 * TOLERANCE[case.dtype]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +117,7 @@ def test_lazy_rule_misses_legacy_recording_without_momentum(
   case: loader.Case,
 ) -> None:
   lazy = replay(case, configs(case, "lazy"))
-  assert deviation(lazy, case.params) > 100 * TOLERANCE[case.dtype]
+  assert loader.deviation(lazy, case.params) > 100 * TOLERANCE[case.dtype]
 
 
 @pytest.mark.parametrize("library", loader.EMBEDDING_LIBRARIES)
@@ -155,7 +139,7 @@ def test_rows_with_a_gradient_are_the_looked_up_rows(library: str) -> None:
 
 @pytest.mark.parametrize("case", TF1, ids=lambda c: c.id)
 def test_reference_reproduces_tf1_recording(case: loader.Case) -> None:
-  assert_close(replay(case, configs(case)), case.params, case.dtype)
+  loader.assert_trajectory_close(replay(case, configs(case)), case.params, case.dtype)
 
 
 L2 = [c for c in float64(TF1) if c.kwargs.get("weight_decay")]
@@ -166,12 +150,17 @@ def test_tf1_recording_holds_its_l2_term(case: loader.Case) -> None:
   no_l2 = {
     leaf: dataclasses.replace(c, weight_decay=0.0) for leaf, c in configs(case).items()
   }
-  assert deviation(replay(case, no_l2), case.params) > 100 * TOLERANCE[case.dtype]
+  assert (
+    loader.deviation(replay(case, no_l2), case.params) > 100 * TOLERANCE[case.dtype]
+  )
   if case.weight_decay_mask is not None:
     every_leaf = {
       leaf: dataclasses.replace(c, mask=True) for leaf, c in configs(case).items()
     }
-    assert deviation(replay(case, every_leaf), case.params) > 100 * TOLERANCE["float64"]
+    assert (
+      loader.deviation(replay(case, every_leaf), case.params)
+      > 100 * TOLERANCE["float64"]
+    )
 
 
 def test_tf1_l2_recordings_cover_mask_momentum_centering_schedule() -> None:

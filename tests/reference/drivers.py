@@ -365,6 +365,28 @@ def _tf_keras_legacy_float32_hyperparameters(opt: Any) -> dict[str, float]:
   }
 
 
+def _record_tf_keras(
+  steps: int,
+  dtype: str,
+  variables: dict[str, Any],
+  opt: Any,
+  read_lr: Callable[[], float],
+) -> Trajectory:
+  """:func:`_record` of a tf_keras optimizer (legacy or not) on ``variables``."""
+  import tensorflow as tf
+
+  def apply(g: dict[str, np.ndarray]) -> None:
+    opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
+
+  return _record(
+    steps,
+    dtype,
+    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+    read_lr,
+    apply,
+  )
+
+
 def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
   """``tf_keras.optimizers.legacy.RMSprop`` (eager) on the reference problem.
 
@@ -384,17 +406,7 @@ def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
       k: tf.Variable(INITIAL_PARAMS[k].astype(dtype), name=k) for k in LEAVES
     }
     opt, read_lr = _tf_keras_legacy_optimizer(spec, dtype)
-
-    def apply(g: dict[str, np.ndarray]) -> None:
-      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
-
-    trajectory = _record(
-      steps,
-      dtype,
-      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-      read_lr,
-      apply,
-    )
+    trajectory = _record_tf_keras(steps, dtype, variables, opt, read_lr)
   trajectory["float32_hyperparameters"] = _tf_keras_legacy_float32_hyperparameters(opt)
   return trajectory
 
@@ -418,9 +430,6 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
     }
     opt = _built_rmsprop(tf_keras.optimizers, spec, variables, dtype)
 
-    def apply(g: dict[str, np.ndarray]) -> None:
-      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
-
     def read_lr() -> float:
       # With a schedule, apply_gradients evaluates it at ``iterations`` before
       # the step; ``opt.learning_rate`` still holds the previous step's value.
@@ -429,13 +438,7 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
         lr = lr(opt.iterations)
       return float(tf.cast(lr, tdtype).numpy())
 
-    trajectory = _record(
-      steps,
-      dtype,
-      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-      read_lr,
-      apply,
-    )
+    trajectory = _record_tf_keras(steps, dtype, variables, opt, read_lr)
   if opt.weight_decay is not None:
     used = tf.cast(opt.weight_decay, tdtype)  # as _apply_weight_decay does
     trajectory["float32_hyperparameters"] = {"weight_decay": float(used.numpy())}

@@ -70,6 +70,18 @@ KERAS_STYLE_CASES: list[dict[str, Any]] = [
   case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
 ]
 
+EXPONENTIAL_DECAY_MOMENTUM = case(
+  "exponential_decay_momentum",
+  {"momentum": 0.9},
+  schedule={
+    "kind": "keras.ExponentialDecay",
+    "initial_learning_rate": 0.01,
+    "decay_steps": 5,
+    "decay_rate": 0.8,
+    "staircase": True,
+  },
+)
+
 # Keras 3 and Keras 2.11+ (tf_keras) take the same arguments, schedules,
 # global_clipnorm and exclusions: one list serves both, and each library adds
 # the cases only it records.
@@ -97,17 +109,7 @@ KERAS_CASES: list[dict[str, Any]] = [
     },
   ),
   case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
-  case(
-    "exponential_decay_momentum",
-    {"momentum": 0.9},
-    schedule={
-      "kind": "keras.ExponentialDecay",
-      "initial_learning_rate": 0.01,
-      "decay_steps": 5,
-      "decay_rate": 0.8,
-      "staircase": True,
-    },
-  ),
+  EXPONENTIAL_DECAY_MOMENTUM,
 ]
 
 GRID: dict[str, list[dict[str, Any]]] = {
@@ -355,17 +357,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         "centered": True,
       },
     ),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    EXPONENTIAL_DECAY_MOMENTUM,
     case(
       "piecewise_constant_centered",
       {"centered": True},

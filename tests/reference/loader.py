@@ -301,6 +301,34 @@ def replay(case: Case, optimizer: Any = None) -> dict[str, np.ndarray]:
   return {name: np.stack([p[name] for p in out]) for name in case.params}
 
 
+# What a replay must meet: float64 within 1e-9 of the recording, float32 within
+# 1e-5, each relative to the leaf's scale.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
+
+
+def deviation(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> float:
+  """The largest error of ``ours`` relative to each leaf's scale in ``theirs``."""
+  return max(
+    float(np.max(np.abs(ours[k] - v)) / np.max(np.abs(v))) for k, v in theirs.items()
+  )
+
+
+def assert_trajectory_close(
+  ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], dtype: str
+) -> None:
+  """Asserts ``ours`` within :data:`TOLERANCE` of ``theirs``, elementwise.
+
+  The tolerance times the leaf's scale is a floor, so that a coordinate that
+  crosses zero is held to the size of its steps, not to its value.
+  """
+  tol = TOLERANCE[dtype]
+  for leaf, expected in theirs.items():
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(
+      ours[leaf], expected, rtol=tol, atol=tol * scale, err_msg=f"leaf {leaf}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Handover:
   """An optimizer's state in the middle of a run, with the whole run around it.
