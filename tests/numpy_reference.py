@@ -32,6 +32,9 @@ class Config:
   caution: bool = False
   corrected_weight_decay: bool = False
   max_lr: float | None = None
+  # Rows (indices along axis 0) whose gradient, after coupled weight decay, is
+  # zero in every entry sit the step out: update 0, nu/mu/trace rows kept.
+  lazy_rows: bool = False
 
 
 @dataclass
@@ -99,4 +102,24 @@ def step(
     max_lr = lr if c.max_lr is None else c.max_lr
     scale = lr * lr / max_lr if c.corrected_weight_decay else lr
     u = u - scale * c.weight_decay * p
-  return u, LeafState(nu=nu, mu=mu, trace=trace, k=st.k + 1)
+  return _lazy_rows(g, u, st, LeafState(nu=nu, mu=mu, trace=trace, k=st.k + 1), c)
+
+
+def _lazy_rows(
+  g: np.ndarray, u: np.ndarray, old: LeafState, new: LeafState, c: Config
+) -> tuple[np.ndarray, LeafState]:
+  """With ``c.lazy_rows``, the rows of zero gradient keep ``old``'s state.
+
+  The step count advances for every row: the schedule and bias correction
+  follow the optimizer's steps, not the row's.
+  """
+  if not c.lazy_rows:
+    return u, new
+  still = np.all(g == 0, axis=tuple(range(1, g.ndim)))
+  still = still.reshape(still.shape + (1,) * (g.ndim - still.ndim))
+  return np.where(still, 0, u), LeafState(
+    nu=np.where(still, old.nu, new.nu),
+    mu=np.where(still, old.mu, new.mu),
+    trace=np.where(still, old.trace, new.trace),
+    k=new.k,
+  )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import pathlib
 import re
@@ -308,6 +309,27 @@ def test_torch_lr_list_gives_each_group_its_schedule() -> None:
   assert int(inner["group0"].inner_state.count) == 3  # torch's step
   assert inner["group1"].inner_state.count is None  # a constant lr counts nothing
   assert jax.tree.structure(state) == jax.tree.structure(opt.init(params))
+
+
+TORCH_GROUPS = loader.load_handovers("torch_groups")
+
+
+@pytest.mark.parametrize("h", TORCH_GROUPS, ids=lambda h: h.id)
+def test_from_torch_continues_groups_as_torch_did(h: loader.Handover) -> None:
+  # Groups differing in lr, momentum and centring; under a scheduler each group
+  # gets its own schedule, from its own initial lr.
+  lr = None
+  if h.schedule is not None:
+    lr = [
+      schedule_of(dataclasses.replace(h, kwargs={**h.kwargs, "lr": g["lr"]}))
+      for g in h.groups
+    ]
+  with enable_x64(h.dtype == "float64"), warnings.catch_warnings():
+    warnings.simplefilter("error")
+    opt, state = rmsprop_jax.from_torch(h.state, params_at(h, h.steps_before), lr=lr)
+    assert isinstance(state, optax.transforms.PartitionState)
+    ours = run(opt, state, h, h.steps_before, steps(h))
+  assert_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
 
 
 # ----------------------------------------------------------- PyTorch, errors

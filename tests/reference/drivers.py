@@ -8,10 +8,14 @@ module imports with NumPy alone.
 A *spec* describes one configuration (see FORMAT.md): ``kwargs`` holds the
 constructor arguments under the library's own names (which are also the
 preset's), ``schedule`` an optional learning-rate schedule, ``weight_decay_mask``
-an optional ``{leaf: bool}``, and ``global_clipnorm`` an optional Keras clip.
+an optional ``{leaf: bool}``, ``global_clipnorm`` an optional Keras clip, and
+``groups`` optional PyTorch parameter groups, each naming its leaves.
 Gradients come from one NumPy function, so every library sees the same problem
 and the recorded data does not depend on any library's autodiff. The handover
-drivers also take the optimizer's state in the middle of a run.
+drivers also take the optimizer's state in the middle of a run. The embedding
+drivers run TF's optimizers on a second problem, an embedding table looked up
+with ``tf.gather``, whose gradient must come from TF's autodiff to reach the
+optimizer as ``tf.IndexedSlices``.
 """
 
 from __future__ import annotations
@@ -113,8 +117,13 @@ def _torch_scheduler(schedule: dict[str, Any] | None, opt: Any) -> Any:
 def _torch_optimizer(cls: Any, spec: Spec, params: dict[str, Any]) -> tuple[Any, Any]:
   """The optimizer (and scheduler, or None) a spec describes, on ``params``."""
   mask = spec.get("weight_decay_mask")
-  if mask is None:
-    groups: Any = [params[k] for k in LEAVES]
+  if spec.get("groups"):  # [{"params": [leaf, ...], option: value, ...}, ...]
+    groups: Any = [
+      {**group, "params": [params[k] for k in group["params"]]}
+      for group in spec["groups"]
+    ]
+  elif mask is None:
+    groups = [params[k] for k in LEAVES]
   else:  # a parameter group with weight_decay=0 is PyTorch's mask
     groups = [
       {"params": [params[k] for k in LEAVES if mask[k]]},
@@ -318,6 +327,66 @@ def _tf_keras_floatx(dtype: str) -> Iterator[None]:
     tf_keras.backend.set_floatx(old)
 
 
+def _tf_keras_legacy_optimizer(
+  spec: Spec, dtype: str
+) -> tuple[Any, Callable[[], float]]:
+  """``tf_keras.optimizers.legacy.RMSprop`` as the spec asks, and its learning rate.
+
+  Call inside ``_tf_keras_floatx(dtype)``. The reader gives the learning rate
+  the next step uses (schedule and decay applied, cast to ``dtype``), as the
+  optimizer computes it.
+  """
+  import tensorflow as tf
+  import tf_keras
+
+  kwargs = dict(spec["kwargs"])
+  schedule = spec.get("schedule")
+  if schedule is not None and schedule["kind"] == "tf_keras.legacy_decay":
+    kwargs["decay"] = schedule["decay"]
+  elif schedule is not None:
+    kwargs["learning_rate"] = _keras_schedule(
+      tf_keras.optimizers.schedules, schedule, dtype
+    )
+  opt = tf_keras.optimizers.legacy.RMSprop(**kwargs)
+  return opt, lambda: float(opt._decayed_lr(tf.as_dtype(dtype)).numpy())
+
+
+def _tf_keras_legacy_float32_hyperparameters(opt: Any) -> dict[str, float]:
+  """The hyper-parameters the legacy optimizer holds in float32 variables."""
+  import tensorflow as tf
+
+  # ``decay`` is held in a float32 variable too, but the decayed learning rate
+  # reads the Python float.
+  held = {name: opt._hyper[name] for name in ("learning_rate", "rho", "momentum")}
+  return {
+    name: float(v.numpy())
+    for name, v in held.items()
+    if isinstance(v, tf.Variable) and v.dtype == tf.float32
+  }
+
+
+def _record_tf_keras(
+  steps: int,
+  dtype: str,
+  variables: dict[str, Any],
+  opt: Any,
+  read_lr: Callable[[], float],
+) -> Trajectory:
+  """:func:`_record` of a tf_keras optimizer (legacy or not) on ``variables``."""
+  import tensorflow as tf
+
+  def apply(g: dict[str, np.ndarray]) -> None:
+    opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
+
+  return _record(
+    steps,
+    dtype,
+    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+    read_lr,
+    apply,
+  )
+
+
 def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
   """``tf_keras.optimizers.legacy.RMSprop`` (eager) on the reference problem.
 
@@ -331,43 +400,14 @@ def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
   given NumPy numbers of ``dtype`` so that they compute in ``dtype``.
   """
   import tensorflow as tf
-  import tf_keras
 
-  tdtype = tf.as_dtype(dtype)
   with _tf_keras_floatx(dtype):
     variables = {
       k: tf.Variable(INITIAL_PARAMS[k].astype(dtype), name=k) for k in LEAVES
     }
-    kwargs = dict(spec["kwargs"])
-    schedule = spec.get("schedule")
-    if schedule is not None and schedule["kind"] == "tf_keras.legacy_decay":
-      kwargs["decay"] = schedule["decay"]
-    elif schedule is not None:
-      kwargs["learning_rate"] = _keras_schedule(
-        tf_keras.optimizers.schedules, schedule, dtype
-      )
-    opt = tf_keras.optimizers.legacy.RMSprop(**kwargs)
-
-    def apply(g: dict[str, np.ndarray]) -> None:
-      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
-
-    trajectory = _record(
-      steps,
-      dtype,
-      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-      # The learning rate the next step uses (schedule and decay applied, cast
-      # to the variables' dtype), as the optimizer computes it.
-      lambda: opt._decayed_lr(tdtype).numpy(),
-      apply,
-    )
-  # ``decay`` is held in a float32 variable too, but the decayed learning rate
-  # reads the Python float.
-  held = {name: opt._hyper[name] for name in ("learning_rate", "rho", "momentum")}
-  trajectory["float32_hyperparameters"] = {
-    name: float(v.numpy())
-    for name, v in held.items()
-    if isinstance(v, tf.Variable) and v.dtype == tf.float32
-  }
+    opt, read_lr = _tf_keras_legacy_optimizer(spec, dtype)
+    trajectory = _record_tf_keras(steps, dtype, variables, opt, read_lr)
+  trajectory["float32_hyperparameters"] = _tf_keras_legacy_float32_hyperparameters(opt)
   return trajectory
 
 
@@ -390,9 +430,6 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
     }
     opt = _built_rmsprop(tf_keras.optimizers, spec, variables, dtype)
 
-    def apply(g: dict[str, np.ndarray]) -> None:
-      opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
-
     def read_lr() -> float:
       # With a schedule, apply_gradients evaluates it at ``iterations`` before
       # the step; ``opt.learning_rate`` still holds the previous step's value.
@@ -401,13 +438,7 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
         lr = lr(opt.iterations)
       return float(tf.cast(lr, tdtype).numpy())
 
-    trajectory = _record(
-      steps,
-      dtype,
-      lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-      read_lr,
-      apply,
-    )
+    trajectory = _record_tf_keras(steps, dtype, variables, opt, read_lr)
   if opt.weight_decay is not None:
     used = tf.cast(opt.weight_decay, tdtype)  # as _apply_weight_decay does
     trajectory["float32_hyperparameters"] = {"weight_decay": float(used.numpy())}
@@ -417,14 +448,15 @@ def run_tf_keras(spec: Spec, dtype: str, steps: int) -> Trajectory:
 # ------------------------------------------------------------------------ TF1
 
 
-def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
-  """``tf.compat.v1.train.RMSPropOptimizer`` (eager) on the reference problem.
+def _tf1_optimizer(
+  spec: Spec, dtype: str, global_step: Any
+) -> tuple[Any, Callable[[], float]]:
+  """``tf.compat.v1.train.RMSPropOptimizer`` as the spec asks, and its learning rate.
 
-  Hyper-parameters (the defaults included) are passed as tensors of the
-  variables' dtype: given Python floats, TF1 rounds them to float32 before
-  casting, even for float64 variables. A spec with
-  ``"hyperparameter_dtype": "float32"`` passes Python floats instead, as most
-  TF1 code does, to record that rounding.
+  Hyper-parameters (the defaults included) are passed as tensors of ``dtype``,
+  or as Python floats under ``"hyperparameter_dtype": "float32"`` (see
+  :func:`run_tf1`). Schedules read ``global_step``. ``kwargs["weight_decay"]``
+  is not the optimizer's: :func:`run_tf1` puts it in the loss.
   """
   import tensorflow as tf
 
@@ -434,8 +466,6 @@ def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
   def constant(x: float) -> Any:
     return x if python_floats else tf.constant(x, tdtype)
 
-  variables = {k: tf.Variable(INITIAL_PARAMS[k].astype(dtype)) for k in LEAVES}
-  global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
   kwargs = dict(spec["kwargs"])
   learning_rate: Any = constant(kwargs.pop("learning_rate"))
   schedule = spec.get("schedule")
@@ -465,16 +495,51 @@ def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
   }
   opt = cls(learning_rate, centered=kwargs.get("centered", False), **hyper)
 
-  def apply(g: dict[str, np.ndarray]) -> None:
-    opt.apply_gradients(
-      [(tf.constant(g[k]), variables[k]) for k in LEAVES],
-      global_step=global_step,
-    )
-
   def read_lr() -> float:
     lr = learning_rate() if callable(learning_rate) else learning_rate
     # As the optimizer does: a tensor (float32 for a Python float), then cast.
     return float(tf.cast(tf.convert_to_tensor(lr), tdtype).numpy())
+
+  return opt, read_lr
+
+
+def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf.compat.v1.train.RMSPropOptimizer`` (eager) on the reference problem.
+
+  Hyper-parameters (the defaults included) are passed as tensors of the
+  variables' dtype: given Python floats, TF1 rounds them to float32 before
+  casting, even for float64 variables. A spec with
+  ``"hyperparameter_dtype": "float32"`` passes Python floats instead, as most
+  TF1 code does, to record that rounding.
+
+  ``kwargs["weight_decay"]`` (not an argument of the optimizer) adds TF1's L2
+  term ``weight_decay * sum(tf.nn.l2_loss(v))`` over the variables
+  ``weight_decay_mask`` marks (all without a mask) to the loss: its gradient,
+  by TF's autodiff, is added to the problem's before the step. The recorded
+  gradient is the problem's alone.
+  """
+  import tensorflow as tf
+
+  variables = {k: tf.Variable(INITIAL_PARAMS[k].astype(dtype)) for k in LEAVES}
+  global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  opt, read_lr = _tf1_optimizer(spec, dtype, global_step)
+  weight_decay = spec["kwargs"].get("weight_decay", 0.0)
+  mask = spec.get("weight_decay_mask") or dict.fromkeys(LEAVES, True)
+  decayed = [k for k in LEAVES if mask[k]]
+
+  def apply(g: dict[str, np.ndarray]) -> None:
+    grads = {k: tf.constant(g[k]) for k in LEAVES}
+    if weight_decay:
+      with tf.GradientTape() as tape:
+        l2 = tf.constant(weight_decay, tf.as_dtype(dtype)) * tf.add_n(
+          [tf.nn.l2_loss(variables[k]) for k in decayed]
+        )
+      l2_grads = tape.gradient(l2, [variables[k] for k in decayed])
+      for k, l2_grad in zip(decayed, l2_grads, strict=True):
+        grads[k] = grads[k] + l2_grad
+    opt.apply_gradients(
+      [(grads[k], variables[k]) for k in LEAVES], global_step=global_step
+    )
 
   return _record(
     steps,
@@ -492,6 +557,136 @@ RUNNERS: dict[str, Callable[[Spec, str, int], Trajectory]] = {
   "timm": run_timm,
   "tf_keras_legacy": run_tf_keras_legacy,
   "tf_keras": run_tf_keras,
+}
+
+
+# ------------------------------------------------------------------ embedding
+
+# The embedding problem: a table whose rows are looked up with ``tf.gather``,
+# so that TF hands the optimizer ``tf.IndexedSlices`` and takes its sparse
+# path, beside a dense layer.
+#   L_k = 1/2 sum((tanh(table[indices_k]) @ dense - targets_k)^2)
+EMBEDDING_LEAVES = ("table", "dense")
+EMBEDDING_ROWS, EMBEDDING_WIDTH, EMBEDDING_OUTPUTS, EMBEDDING_LOOKUPS = 12, 4, 2, 3
+EMBEDDING_MAX_STEPS = 30
+EMBEDDING_PROBLEM = (
+  "L_k = 1/2 sum((tanh(table[indices[k]]) @ dense - targets[k])**2), table "
+  "(12, 4), dense (4, 2), 3 rows looked up per step with tf.gather (indices[k], "
+  "the third a repeat of the first every fourth step from step 1); gradients by "
+  "TF's autodiff in the case's dtype, the table's an IndexedSlices, recorded "
+  "converted to dense (duplicates summed)"
+)
+
+
+def _embedding_data() -> dict[str, np.ndarray]:
+  """The seeded problem: initial parameters, then indices and targets per step."""
+  rng = np.random.default_rng(20)
+  table = rng.normal(scale=0.5, size=(EMBEDDING_ROWS, EMBEDDING_WIDTH))
+  dense = rng.normal(scale=0.5, size=(EMBEDDING_WIDTH, EMBEDDING_OUTPUTS))
+  indices = np.stack(
+    [
+      rng.choice(EMBEDDING_ROWS, EMBEDDING_LOOKUPS, replace=False)
+      for _ in range(EMBEDDING_MAX_STEPS)
+    ]
+  )
+  indices[1::4, 2] = indices[1::4, 0]  # a row looked up twice in one step
+  targets = rng.normal(size=(EMBEDDING_MAX_STEPS, EMBEDDING_LOOKUPS, EMBEDDING_OUTPUTS))
+  return {"table": table, "dense": dense, "indices": indices, "targets": targets}
+
+
+EMBEDDING_DATA = _embedding_data()
+
+
+def _run_embedding(
+  dtype: str,
+  steps: int,
+  read_lr: Callable[[], float],
+  apply: Callable[[list[tuple[Any, Any]]], Any],
+) -> Trajectory:
+  """Runs an optimizer on the embedding problem, recording as :func:`_record`.
+
+  ``apply(grads_and_vars)`` steps the optimizer, ``read_lr()`` reads its
+  learning rate. The table's gradient goes to the optimizer as the
+  ``tf.IndexedSlices`` TF's autodiff makes; the trajectory holds it converted
+  to dense. A step whose looked-up rows do not all have a
+  non-zero summed gradient, or whose other rows do not all have a zero one,
+  is an error: the recording must tell looked-up rows from the others by the
+  dense gradient alone.
+  """
+  import tensorflow as tf
+
+  variables = {
+    k: tf.Variable(EMBEDDING_DATA[k].astype(dtype), name=k) for k in EMBEDDING_LEAVES
+  }
+
+  def read_params() -> dict[str, np.ndarray]:
+    return {k: variables[k].numpy().copy() for k in EMBEDDING_LEAVES}
+
+  params, grads, lrs = [read_params()], [], []
+  for k in range(steps):
+    lrs.append(read_lr())
+    indices = EMBEDDING_DATA["indices"][k]
+    with tf.GradientTape() as tape:
+      rows = tf.tanh(tf.gather(variables["table"], indices))
+      error = tf.matmul(rows, variables["dense"]) - EMBEDDING_DATA["targets"][k].astype(
+        dtype
+      )
+      loss = 0.5 * tf.reduce_sum(tf.square(error))
+    table_grad, dense_grad = tape.gradient(
+      loss, [variables[name] for name in EMBEDDING_LEAVES]
+    )
+    if not isinstance(table_grad, tf.IndexedSlices):
+      raise TypeError(f"the table's gradient is a {type(table_grad).__name__}")
+    g = {"table": tf.convert_to_tensor(table_grad).numpy(), "dense": dense_grad.numpy()}
+    moving = np.flatnonzero(np.any(g["table"] != 0, axis=1))
+    if set(moving) != set(indices):
+      raise ValueError(f"step {k}: rows {moving} have a gradient, {indices} looked up")
+    grads.append(g)
+    apply([(table_grad, variables["table"]), (dense_grad, variables["dense"])])
+    params.append(read_params())
+  return {
+    "params": {k: np.stack([p[k] for p in params]) for k in EMBEDDING_LEAVES},
+    "grads": {k: np.stack([g[k] for g in grads]) for k in EMBEDDING_LEAVES},
+    "lrs": np.asarray(lrs, np.float64),
+  }
+
+
+def run_tf1_embedding(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf.compat.v1.train.RMSPropOptimizer`` on the embedding problem.
+
+  The table takes ``ResourceSparseApplyRMSProp`` (or its centred kernel) on the
+  looked-up rows, duplicates summed; the dense layer the dense kernel.
+  """
+  import tensorflow as tf
+
+  global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  opt, read_lr = _tf1_optimizer(spec, dtype, global_step)
+  return _run_embedding(
+    dtype,
+    steps,
+    read_lr,
+    lambda pairs: opt.apply_gradients(pairs, global_step=global_step),
+  )
+
+
+def run_tf_keras_legacy_embedding(spec: Spec, dtype: str, steps: int) -> Trajectory:
+  """``tf_keras.optimizers.legacy.RMSprop`` on the embedding problem.
+
+  With momentum the table takes TF's sparse kernels, as TF1 does; without, the
+  optimizer's Python sparse path, which decays the whole ``rms`` (and ``mg``)
+  slot and updates the looked-up rows. The trajectory carries
+  ``float32_hyperparameters`` as :func:`run_tf_keras_legacy`'s does.
+  """
+  with _tf_keras_floatx(dtype):
+    opt, read_lr = _tf_keras_legacy_optimizer(spec, dtype)
+    trajectory = _run_embedding(dtype, steps, read_lr, opt.apply_gradients)
+  trajectory["float32_hyperparameters"] = _tf_keras_legacy_float32_hyperparameters(opt)
+  return trajectory
+
+
+EMBEDDING_RUNNERS: dict[str, Callable[[Spec, str, int], Trajectory]] = {
+  "tf1": run_tf1_embedding,
+  "tf_keras_legacy": run_tf_keras_legacy_embedding,
 }
 
 

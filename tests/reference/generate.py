@@ -9,18 +9,22 @@ environment (see FORMAT.md). From the repository root::
     /path/to/venv-ref/bin/python tests/reference/generate.py [TARGET ...]
 
 A target is a library (``torch keras tf1 timm tf_keras_legacy tf_keras``),
-which writes ``tests/reference/<library>.json``, or ``handover_torch`` /
-``handover_keras``, which write the mid-run state files of the same names; no
-target records them all. The library grid sets every argument of every preset
-at least once, alone and in combination, with and without a learning-rate
+which writes ``tests/reference/<library>.json``; ``handover_torch``,
+``handover_torch_groups`` or ``handover_keras``, which write the mid-run state
+files of the same names; or ``embedding_tf1`` / ``embedding_tf_keras_legacy``,
+which write the embedding-table (lazy rows) files of the same names; no target
+records them all. The library grid sets every argument of every preset at
+least once, alone and in combination, with and without a learning-rate
 schedule, in float64 and float32.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from tests.reference import drivers  # noqa: E402
+from tests.reference import drivers, loader  # noqa: E402
 
 STEPS = 30
 DTYPES = ("float64", "float32")
@@ -56,6 +60,57 @@ def case(
     "dtypes": dtypes,
   }
 
+
+# The arguments Keras 3, tf_keras and tf_keras' legacy RMSprop share.
+KERAS_STYLE_CASES: list[dict[str, Any]] = [
+  case("defaults", {}),
+  case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
+  case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
+  case("centered", {"learning_rate": 0.01, "centered": True}),
+  case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+]
+
+EXPONENTIAL_DECAY_MOMENTUM = case(
+  "exponential_decay_momentum",
+  {"momentum": 0.9},
+  schedule={
+    "kind": "keras.ExponentialDecay",
+    "initial_learning_rate": 0.01,
+    "decay_steps": 5,
+    "decay_rate": 0.8,
+    "staircase": True,
+  },
+)
+
+# Keras 3 and Keras 2.11+ (tf_keras) take the same arguments, schedules,
+# global_clipnorm and exclusions: one list serves both, and each library adds
+# the cases only it records.
+KERAS_CASES: list[dict[str, Any]] = [
+  *KERAS_STYLE_CASES,
+  case(
+    "momentum_centered",
+    {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
+  ),
+  case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
+  case(
+    "weight_decay_mask",
+    {"learning_rate": 0.01, "weight_decay": 0.5},
+    weight_decay_mask=MASK,
+  ),
+  case(
+    "everything",
+    {
+      "learning_rate": 0.005,
+      "rho": 0.8,
+      "epsilon": 1e-3,
+      "momentum": 0.7,
+      "centered": True,
+      "weight_decay": 0.2,
+    },
+  ),
+  case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
+  EXPONENTIAL_DECAY_MOMENTUM,
+]
 
 GRID: dict[str, list[dict[str, Any]]] = {
   "torch": [
@@ -97,44 +152,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "keras": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
-    case(
-      "momentum_centered",
-      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
-    ),
-    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
-    case(
-      "weight_decay_mask",
-      {"learning_rate": 0.01, "weight_decay": 0.5},
-      weight_decay_mask=MASK,
-    ),
-    case(
-      "everything",
-      {
-        "learning_rate": 0.005,
-        "rho": 0.8,
-        "epsilon": 1e-3,
-        "momentum": 0.7,
-        "centered": True,
-        "weight_decay": 0.2,
-      },
-    ),
-    case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    *KERAS_CASES,
     case(
       "piecewise_constant_momentum",
       {"momentum": 0.9, "weight_decay": 0.1},
@@ -201,6 +219,30 @@ GRID: dict[str, list[dict[str, Any]]] = {
       {"learning_rate": 0.01, "decay": 0.9, "momentum": 0.9, "epsilon": 1e-6},
       hyperparameter_dtype="float32",
       dtypes=("float64",),
+    ),
+    # TF1's optimizer has no weight decay: TF1 code adds an L2 term
+    # weight_decay * sum(tf.nn.l2_loss(v)) to the loss, which the driver does
+    # with kwargs' weight_decay (the preset's coupled weight decay).
+    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.1}),
+    case(
+      "weight_decay_mask_momentum",
+      {"learning_rate": 0.005, "momentum": 0.9, "weight_decay": 0.1},
+      weight_decay_mask=MASK,
+    ),
+    case(
+      "weight_decay_centered",
+      {"learning_rate": 0.01, "centered": True, "weight_decay": 0.05},
+    ),
+    case(
+      "weight_decay_mask_exponential_decay_momentum_centered",
+      {"learning_rate": 0.01, "momentum": 0.5, "centered": True, "weight_decay": 0.05},
+      schedule={
+        "kind": "tf1.exponential_decay",
+        "decay_steps": 5,
+        "decay_rate": 0.8,
+        "staircase": True,
+      },
+      weight_decay_mask={"w": False, "b": True},
     ),
   ],
   "timm": [
@@ -295,11 +337,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "tf_keras_legacy": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
+    *KERAS_STYLE_CASES,
     # With momentum the fused kernel puts epsilon inside the root.
     case(
       "momentum_epsilon_1",
@@ -319,17 +357,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         "centered": True,
       },
     ),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    EXPONENTIAL_DECAY_MOMENTUM,
     case(
       "piecewise_constant_centered",
       {"centered": True},
@@ -346,44 +374,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
     ),
   ],
   "tf_keras": [
-    case("defaults", {}),
-    case("rho_epsilon", {"learning_rate": 0.01, "rho": 0.95, "epsilon": 1e-4}),
-    case("epsilon_1", {"learning_rate": 0.05, "epsilon": 1.0}),
-    case("centered", {"learning_rate": 0.01, "centered": True}),
-    case("momentum", {"learning_rate": 0.005, "momentum": 0.9}),
-    case(
-      "momentum_centered",
-      {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
-    ),
-    case("weight_decay", {"learning_rate": 0.01, "weight_decay": 0.5}),
-    case(
-      "weight_decay_mask",
-      {"learning_rate": 0.01, "weight_decay": 0.5},
-      weight_decay_mask=MASK,
-    ),
-    case(
-      "everything",
-      {
-        "learning_rate": 0.005,
-        "rho": 0.8,
-        "epsilon": 1e-3,
-        "momentum": 0.7,
-        "centered": True,
-        "weight_decay": 0.2,
-      },
-    ),
-    case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
-    case(
-      "exponential_decay_momentum",
-      {"momentum": 0.9},
-      schedule={
-        "kind": "keras.ExponentialDecay",
-        "initial_learning_rate": 0.01,
-        "decay_steps": 5,
-        "decay_rate": 0.8,
-        "staircase": True,
-      },
-    ),
+    *KERAS_CASES,
     case(
       "piecewise_constant_weight_decay",
       {"weight_decay": 0.1},
@@ -432,20 +423,64 @@ HANDOVER_GRID: dict[str, list[dict[str, Any]]] = {
       {"learning_rate": 0.005, "momentum": 0.8, "centered": True, "weight_decay": 0.1},
     ),
   ],
+  # Parameter groups that differ in more than weight decay: from_torch makes
+  # them an optax partition. kwargs are the constructor's defaults for every
+  # group; a group's own options override them.
+  "torch_groups": [
+    {
+      **case("lr_momentum_centered", {}),
+      "groups": [
+        {"params": ["w"], "lr": 0.01, "momentum": 0.9},
+        {"params": ["b"], "lr": 0.003, "centered": True, "weight_decay": 0.1},
+      ],
+    },
+    # b in the first group, so PyTorch's parameter 0 is b; StepLR scales each
+    # group's own lr.
+    {
+      **case("step_lr_b_first", {"alpha": 0.9}, schedule=STEP_LR),
+      "groups": [
+        {"params": ["b"], "lr": 0.02, "momentum": 0.8},
+        {"params": ["w"], "lr": 0.005, "momentum": 0.5, "centered": True},
+      ],
+    },
+  ],
 }
+
+# Lazy rows: TF1 and the legacy tf_keras optimizer on an embedding table whose
+# gradient is a tf.IndexedSlices, beside a dense layer. Each optimizer's
+# default epsilon and 0.1, with and without momentum and centring.
+EMBEDDING_STEPS = 12
+EMBEDDING_LEARNING_RATE = {"tf1": 0.05, "tf_keras_legacy": 0.01}
+
+
+def embedding_cases(library: str) -> list[dict[str, Any]]:
+  cases = []
+  for momentum, centered, epsilon in itertools.product(
+    (0.0, 0.875), (False, True), (None, 0.1)
+  ):
+    name, kwargs = "embedding", {"learning_rate": EMBEDDING_LEARNING_RATE[library]}
+    if momentum:
+      name, kwargs["momentum"] = f"{name}_momentum", momentum
+    if centered:
+      name, kwargs["centered"] = f"{name}_centered", True
+    if epsilon:
+      name, kwargs["epsilon"] = f"{name}_epsilon_{epsilon}", epsilon
+    cases.append({**case(name, kwargs), "lazy_rows": {"table": True, "dense": False}})
+  return cases
 
 
 def _nested(x: Any) -> Any:
   return {k: v.tolist() for k, v in x.items()} if isinstance(x, dict) else x.tolist()
 
 
-def record(library: str) -> dict[str, Any]:
-  run = drivers.RUNNERS[library]
+def _record_cases(
+  grid: list[dict[str, Any]], run: Callable[..., Any], steps: int
+) -> list[dict[str, Any]]:
   cases = []
-  for grid_case in GRID[library]:
+  for grid_case in grid:
     spec = {k: v for k, v in grid_case.items() if k != "dtypes"}
     for dtype in grid_case["dtypes"]:
-      trajectory = run(spec, dtype, STEPS)
+      trajectory = run(spec, dtype, steps)
       recorded = {
         **spec,
         "dtype": dtype,
@@ -456,19 +491,38 @@ def record(library: str) -> dict[str, Any]:
       if "float32_hyperparameters" in trajectory:
         recorded["float32_hyperparameters"] = trajectory["float32_hyperparameters"]
       cases.append(recorded)
+  return cases
+
+
+def record(library: str) -> dict[str, Any]:
   return {
     "library": library,
     "versions": drivers.library_versions(library),
     "problem": drivers.PROBLEM,
     "steps": STEPS,
-    "cases": cases,
+    "cases": _record_cases(GRID[library], drivers.RUNNERS[library], STEPS),
   }
 
 
-def record_handover(library: str) -> dict[str, Any]:
+def record_embedding(library: str) -> dict[str, Any]:
+  run = drivers.EMBEDDING_RUNNERS[library]
+  return {
+    "library": library,
+    "versions": drivers.library_versions(library),
+    "problem": drivers.EMBEDDING_PROBLEM,
+    "steps": EMBEDDING_STEPS,
+    "indices": drivers.EMBEDDING_DATA["indices"][:EMBEDDING_STEPS].tolist(),
+    "targets": drivers.EMBEDDING_DATA["targets"][:EMBEDDING_STEPS].tolist(),
+    "cases": _record_cases(embedding_cases(library), run, EMBEDDING_STEPS),
+  }
+
+
+def record_handover(name: str) -> dict[str, Any]:
+  """``handover_<name>.json``'s content (``name`` a key of ``HANDOVER_GRID``)."""
+  library = loader.HANDOVER_FILES[name]
   handover = drivers.HANDOVERS[library]
   cases = []
-  for grid_case in HANDOVER_GRID[library]:
+  for grid_case in HANDOVER_GRID[name]:
     spec = {k: v for k, v in grid_case.items() if k not in ("dtypes", "reload", "name")}
     extra = {"reload": True} if grid_case.get("reload") else {}
     for dtype in grid_case["dtypes"]:
@@ -485,6 +539,7 @@ def record_handover(library: str) -> dict[str, Any]:
           "kwargs": spec["kwargs"],
           "schedule": spec["schedule"],
           "weight_decay_mask": spec["weight_decay_mask"],
+          **({"groups": spec["groups"]} if "groups" in spec else {}),
           **({"reloaded": bool(extra)} if library == "torch" else {}),
           "steps_before": STEPS_BEFORE,
           "steps_after": STEPS_AFTER,
@@ -517,14 +572,20 @@ def main(targets: list[str]) -> None:
     jax.config.update("jax_enable_x64", True)  # float64 Keras variables
   for target in targets:
     if target.startswith("handover_"):
-      library = target.removeprefix("handover_")
-      _write(HERE / f"{target}.json", record_handover(library))
+      data = record_handover(target.removeprefix("handover_"))
+    elif target.startswith("embedding_"):
+      data = record_embedding(target.removeprefix("embedding_"))
     else:
-      _write(HERE / f"{target}.json", record(target))
+      data = record(target)
+    _write(HERE / f"{target}.json", data)
 
 
 if __name__ == "__main__":
   main(
     sys.argv[1:]
-    or [*drivers.RUNNERS, *(f"handover_{library}" for library in drivers.HANDOVERS)]
+    or [
+      *drivers.RUNNERS,
+      *(f"handover_{name}" for name in loader.HANDOVER_FILES),
+      *(f"embedding_{library}" for library in drivers.EMBEDDING_RUNNERS),
+    ]
   )

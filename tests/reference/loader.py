@@ -13,8 +13,10 @@ Usage (from the repository root)::
       handover.state                         # torch's state_dict mid-run
       handover.as_case()                     # the whole run, for replay
 
-See FORMAT.md for the file layout. ``load_cases`` and ``load_handovers`` need
-only NumPy; ``optax_schedule``, ``make_optimizer`` and ``replay`` import optax
+    loader.load_embedding_cases("tf1")       # an embedding table, lazy rows
+
+See FORMAT.md for the file layout. ``load_cases``, ``load_embedding_cases`` and
+``load_handovers`` need only NumPy; ``optax_schedule``, ``make_optimizer`` and ``replay`` import optax
 and rmsprop_jax.
 """
 
@@ -51,6 +53,10 @@ LR_ARGUMENT = {
 }
 # The libraries whose mid-run state is recorded (handover_<library>.json).
 HANDOVER_LIBRARIES = ("torch", "keras")
+# Each handover file, handover_<name>.json, and the library it records.
+HANDOVER_FILES = {"torch": "torch", "keras": "keras", "torch_groups": "torch"}
+# The libraries recorded on the embedding problem (embedding_<library>.json).
+EMBEDDING_LIBRARIES = ("tf1", "tf_keras_legacy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,9 @@ class Case:
     params: ``{leaf: (steps + 1, *shape)}`` parameters before the first step
       and after each step.
     versions: versions of the library and its dependencies.
+    lazy_rows: ``None``, or ``{leaf: bool}``, True for a leaf whose gradient
+      reached the library as ``tf.IndexedSlices`` (the embedding files):
+      the preset's ``lazy_rows``.
   """
 
   library: str
@@ -97,6 +106,7 @@ class Case:
   grads: dict[str, np.ndarray]
   params: dict[str, np.ndarray]
   versions: dict[str, str]
+  lazy_rows: dict[str, bool] | None = None
 
   @property
   def id(self) -> str:
@@ -114,33 +124,52 @@ def load_file(library: str) -> dict[str, Any]:
   return json.loads((HERE / f"{library}.json").read_text())
 
 
+def load_embedding_file(library: str) -> dict[str, Any]:
+  """The raw JSON content of ``embedding_<library>.json``."""
+  if library not in EMBEDDING_LIBRARIES:
+    raise ValueError(f"library must be one of {EMBEDDING_LIBRARIES}; got {library!r}.")
+  return json.loads((HERE / f"embedding_{library}.json").read_text())
+
+
+def _cases(data: dict[str, Any], dtype: str | None) -> list[Case]:
+  cases = []
+  for raw in data["cases"]:
+    if dtype is not None and raw["dtype"] != dtype:
+      continue
+    as_array = lambda x, dt=raw["dtype"]: np.asarray(x, dt)  # noqa: E731
+    cases.append(
+      Case(
+        library=data["library"],
+        name=raw["name"],
+        dtype=raw["dtype"],
+        kwargs=raw["kwargs"],
+        schedule=raw["schedule"],
+        weight_decay_mask=raw["weight_decay_mask"],
+        global_clipnorm=raw["global_clipnorm"],
+        hyperparameter_dtype=raw.get("hyperparameter_dtype"),
+        float32_hyperparameters=raw.get("float32_hyperparameters"),
+        lrs=np.asarray(raw["lrs"], np.float64),
+        grads={k: as_array(v) for k, v in raw["grads"].items()},
+        params={k: as_array(v) for k, v in raw["params"].items()},
+        versions=data["versions"],
+        lazy_rows=raw.get("lazy_rows"),
+      )
+    )
+  return cases
+
+
 def load_cases(library: str | None = None, dtype: str | None = None) -> list[Case]:
   """The recorded cases of one library (or all), optionally of one dtype."""
-  cases = []
-  for lib in LIBRARIES if library is None else (library,):
-    data = load_file(lib)
-    for raw in data["cases"]:
-      if dtype is not None and raw["dtype"] != dtype:
-        continue
-      as_array = lambda x, dt=raw["dtype"]: np.asarray(x, dt)  # noqa: E731
-      cases.append(
-        Case(
-          library=lib,
-          name=raw["name"],
-          dtype=raw["dtype"],
-          kwargs=raw["kwargs"],
-          schedule=raw["schedule"],
-          weight_decay_mask=raw["weight_decay_mask"],
-          global_clipnorm=raw["global_clipnorm"],
-          hyperparameter_dtype=raw.get("hyperparameter_dtype"),
-          float32_hyperparameters=raw.get("float32_hyperparameters"),
-          lrs=np.asarray(raw["lrs"], np.float64),
-          grads={k: as_array(v) for k, v in raw["grads"].items()},
-          params={k: as_array(v) for k, v in raw["params"].items()},
-          versions=data["versions"],
-        )
-      )
-  return cases
+  libraries = LIBRARIES if library is None else (library,)
+  return [case for lib in libraries for case in _cases(load_file(lib), dtype)]
+
+
+def load_embedding_cases(
+  library: str | None = None, dtype: str | None = None
+) -> list[Case]:
+  """The embedding-problem cases of one library (or both), optionally of one dtype."""
+  libraries = EMBEDDING_LIBRARIES if library is None else (library,)
+  return [case for lib in libraries for case in _cases(load_embedding_file(lib), dtype)]
 
 
 def _preset(library: str) -> Callable[..., Any]:
@@ -216,9 +245,12 @@ def make_optimizer(case: Case) -> Any:
 
   kwargs = dict(case.kwargs)
   if case.hyperparameter_dtype is not None:
+    # TF1's weight_decay is its loss's L2 coefficient, which TF1 multiplies in
+    # the variables' dtype: only the optimizer's arguments are rounded.
     kind = np.dtype(case.hyperparameter_dtype).type
     kwargs = {
-      k: float(kind(x)) if isinstance(x, float) else x for k, x in kwargs.items()
+      k: float(kind(x)) if isinstance(x, float) and k != "weight_decay" else x
+      for k, x in kwargs.items()
     }
   kwargs.update(case.float32_hyperparameters or {})
   if case.library == "timm" and kwargs.get("corrected_weight_decay"):
@@ -235,6 +267,8 @@ def make_optimizer(case: Case) -> Any:
     kwargs[LR_ARGUMENT[case.library]] = schedule
   if case.weight_decay_mask is not None:
     kwargs["weight_decay_mask"] = case.weight_decay_mask
+  if case.lazy_rows is not None:
+    kwargs["lazy_rows"] = case.lazy_rows
   opt = _preset(case.library)(**kwargs)
   if case.global_clipnorm is not None:
     opt = optax.chain(optax.clip_by_global_norm(case.global_clipnorm), opt)
@@ -267,6 +301,34 @@ def replay(case: Case, optimizer: Any = None) -> dict[str, np.ndarray]:
   return {name: np.stack([p[name] for p in out]) for name in case.params}
 
 
+# What a replay must meet: float64 within 1e-9 of the recording, float32 within
+# 1e-5, each relative to the leaf's scale.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
+
+
+def deviation(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> float:
+  """The largest error of ``ours`` relative to each leaf's scale in ``theirs``."""
+  return max(
+    float(np.max(np.abs(ours[k] - v)) / np.max(np.abs(v))) for k, v in theirs.items()
+  )
+
+
+def assert_trajectory_close(
+  ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], dtype: str
+) -> None:
+  """Asserts ``ours`` within :data:`TOLERANCE` of ``theirs``, elementwise.
+
+  The tolerance times the leaf's scale is a floor, so that a coordinate that
+  crosses zero is held to the size of its steps, not to its value.
+  """
+  tol = TOLERANCE[dtype]
+  for leaf, expected in theirs.items():
+    scale = float(np.max(np.abs(expected)))
+    np.testing.assert_allclose(
+      ours[leaf], expected, rtol=tol, atol=tol * scale, err_msg=f"leaf {leaf}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Handover:
   """An optimizer's state in the middle of a run, with the whole run around it.
@@ -296,6 +358,9 @@ class Handover:
     params: ``{leaf: (steps_before + steps_after + 1, *shape)}``; row
       ``steps_before`` holds the parameters that go with ``state``.
     versions: versions of the library and its dependencies.
+    groups: PyTorch parameter groups (``handover_torch_groups.json``), else
+      ``None``: ``[{"params": [leaf, ...], option: value, ...}, ...]`` as
+      given to the constructor, with ``kwargs`` the constructor's defaults.
   """
 
   library: str
@@ -315,6 +380,7 @@ class Handover:
   grads: dict[str, np.ndarray]
   params: dict[str, np.ndarray]
   versions: dict[str, str]
+  groups: list[dict[str, Any]] | None = None
 
   @property
   def id(self) -> str:
@@ -357,11 +423,16 @@ def _torch_state(raw: dict[str, Any], dtype: str) -> dict[str, Any]:
   }
 
 
-def load_handovers(library: str, dtype: str | None = None) -> list[Handover]:
-  """The recorded mid-run states of one library, optionally of one dtype."""
-  if library not in HANDOVER_LIBRARIES:
-    raise ValueError(f"library must be one of {HANDOVER_LIBRARIES}; got {library!r}.")
-  data = json.loads((HERE / f"handover_{library}.json").read_text())
+def load_handovers(name: str, dtype: str | None = None) -> list[Handover]:
+  """The mid-run states in ``handover_<name>.json``, optionally of one dtype.
+
+  ``name`` is a library of :data:`HANDOVER_LIBRARIES` or ``"torch_groups"``
+  (PyTorch with parameter groups).
+  """
+  if name not in HANDOVER_FILES:
+    raise ValueError(f"name must be one of {tuple(HANDOVER_FILES)}; got {name!r}.")
+  library = HANDOVER_FILES[name]
+  data = json.loads((HERE / f"handover_{name}.json").read_text())
   handovers = []
   for raw in data["cases"]:
     if dtype is not None and raw["dtype"] != dtype:
@@ -392,6 +463,7 @@ def load_handovers(library: str, dtype: str | None = None) -> list[Handover]:
         grads={k: np.asarray(v, dt) for k, v in raw["grads"].items()},
         params={k: np.asarray(v, dt) for k, v in raw["params"].items()},
         versions=data["versions"],
+        groups=raw.get("groups"),
       )
     )
   return handovers
