@@ -54,22 +54,15 @@ def _reference(
   config: ref.Config,
   lazy: dict[str, bool],
 ) -> list[dict[str, np.ndarray]]:
-  """The float64 rule, then the lazy rows put back: the parameter trajectory."""
+  """The float64 rule, lazy on the leaves ``lazy`` marks: the trajectory."""
+  configs = {k: dataclasses.replace(config, lazy_rows=on) for k, on in lazy.items()}
   p = {k: np.asarray(x, np.float64) for k, x in params.items()}
-  states = {k: ref.init(x, config) for k, x in p.items()}
+  states = {k: ref.init(x, configs[k]) for k, x in p.items()}
   out = [dict(p)]
   for g in grads:
     for k in p:
-      u, new = ref.step(g[k], p[k], states[k], config)
-      if lazy[k]:
-        g_eff = g[k] + (
-          config.weight_decay * p[k] if not config.decoupled_weight_decay else 0
-        )
-        still = ~np.any(g_eff != 0, axis=tuple(range(1, g_eff.ndim)))
-        u[still] = 0
-        for field in ("nu", "mu", "trace"):
-          getattr(new, field)[still] = getattr(states[k], field)[still]
-      states[k], p[k] = new, p[k] + u
+      u, states[k] = ref.step(g[k], p[k], states[k], configs[k])
+      p[k] = p[k] + u
     out.append(dict(p))
   return out
 
