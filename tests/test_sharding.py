@@ -170,6 +170,17 @@ def test_donated_results_equal_undonated_bitwise(worker):
   assert worker["donation"]["ulps_vs_undonated"] == 0
 
 
+def test_lazy_rows_of_a_table_sharded_over_rows_need_no_collective(worker):
+  rows, columns = worker["lazy_rows"]["rows"], worker["lazy_rows"]["columns"]
+  assert rows["collectives"] == 0
+  assert rows["mismatch"] == [] and columns["mismatch"] == []
+  assert rows["ulps_vs_unsharded"] <= MAX_ULPS
+  assert columns["ulps_vs_unsharded"] <= MAX_ULPS
+  # Sharded over its columns, a row's test must combine the shards: the
+  # worker's check can see a collective when there is one.
+  assert columns["collectives"] > 0
+
+
 def test_orbax_checkpoint_restores_sharded_state(worker):
   r = worker["orbax"]
   assert r["same_structure"]
