@@ -209,6 +209,27 @@ OPTAX_OPTIONS = [
 ]
 
 
+def test_caution_floors_the_kept_share_at_one_in_a_thousand():
+  # timm divides the kept entries by max(mean(keep), 1e-3). Two steps on 2,000
+  # entries whose gradient flips sign, but for entry 0, leave momentum pointing
+  # up the new gradient everywhere except at entry 0: one kept in 2,000, and the
+  # floor, not the share, sets the scale.
+  n = 2000
+  g = [np.ones(n), np.where(np.arange(n) == 0, 1.0, -1.0)]
+  config = ref.Config(learning_rate=0.1, momentum=0.9, caution=True)
+  state, p, want = ref.init(np.zeros(n), config), np.zeros(n), []
+  for gk in g:
+    u, state = ref.step(gk, p, state, config)
+    want.append(u)
+  assert np.count_nonzero(want[1]) == 1  # 1 / 2000 < 1e-3: the floor applies
+  with enable_x64(True):
+    opt = rmsprop_jax.rmsprop(0.1, momentum=0.9, caution=True)
+    s = opt.init(jnp.zeros(n))
+    for gk, wk in zip(g, want, strict=True):
+      u, s = opt.update(jnp.asarray(gk), s)
+      np.testing.assert_allclose(u, wk, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
 @pytest.mark.parametrize("options", OPTAX_OPTIONS, ids=str)
 def test_drop_in_replacement_for_optax_rmsprop(options, schedule):

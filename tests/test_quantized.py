@@ -518,12 +518,19 @@ def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
   step = jax.jit(opt.update)
   for i in range(4):
     u, state = step(_grads(i), state, params)
-  bad = jax.tree.map(lambda x: x * jnp.nan, _grads(9))
-  u_nan, state_nan = step(bad, state, params)
   inner = state.inner_opt_state.inner_state[1].inner_state
   assert isinstance(inner.nu["w"], q.QuantizedArray)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
-  del u_nan, state_nan
+  # Two NaN mini-steps make one NaN step of apply_if_finite: it is skipped, with
+  # zero updates, and the 8-bit state it wraps is kept bit for bit.
+  bad = jax.tree.map(lambda x: x * jnp.nan, _grads(9))
+  u_nan, state_nan = step(bad, state, params)
+  u_nan, state_nan = step(bad, state_nan, params)
+  finite = state_nan.inner_opt_state
+  assert int(finite.notfinite_count) == 1 and int(finite.total_notfinite) == 1
+  chex.assert_trees_all_equal(finite.inner_state, state.inner_opt_state.inner_state)
+  for x in jax.tree.leaves(u_nan):
+    np.testing.assert_array_equal(x, np.zeros_like(x))
 
 
 def test_orbax_checkpoint_restores_8bit_state_and_continues_bit_exactly(tmp_path):
