@@ -17,7 +17,7 @@ from jax.typing import DTypeLike
 from rmsprop_jax import _transform
 from rmsprop_jax._rule import Hyper, Rule
 from rmsprop_jax._rule import weight_decay as weight_decay_fields
-from rmsprop_jax._validation import Names, check_flag, corrected_max_lr
+from rmsprop_jax._validation import Names, check_flag, corrected_max_lr, given
 
 Scalar = float | jax.Array
 
@@ -29,12 +29,13 @@ _TIMM = Names(
 )
 
 
-def _momentum_or_none(momentum: Scalar) -> Scalar | None:
+def _momentum_or_none(names: Names, momentum: Scalar) -> Scalar | None:
   # The libraries allocate no momentum buffer when momentum is 0, and neither
   # do we for a plain number 0. A JAX array keeps its buffer even when it holds
   # 0: optax.inject_hyperparams passes momentum as a concrete array to init but
   # as a tracer to a jitted update, and both must agree on the state's shape.
   # With m = 0 the buffer holds exactly the last step, so the result is equal.
+  momentum = given(names, "momentum", momentum)
   if isinstance(momentum, (int, float, np.number)) and momentum == 0:
     return None
   return momentum
@@ -95,16 +96,17 @@ def torch_rmsprop(
     >>> updates
     Array([-0.10000002, -0.10000002], dtype=float32)
   """
+  names = _TORCH
   return _transform.build(
-    _TORCH,
+    names,
     Rule(eps_in_sqrt=False, centered=centered, lr_in_momentum=False, maximize=maximize),
     Hyper(
       learning_rate=lr,
       decay=alpha,
       eps=eps,
       initial_scale=0.0,
-      momentum=_momentum_or_none(momentum),
-      coupled_weight_decay=weight_decay,
+      momentum=_momentum_or_none(names, momentum),
+      coupled_weight_decay=given(names, "weight_decay", weight_decay),
     ),
     weight_decay_mask=weight_decay_mask,
     state_dtype=state_dtype,
@@ -167,16 +169,17 @@ def keras_rmsprop(
     >>> params + updates
     Array(9.683772, dtype=float32)
   """
+  names = _KERAS
   return _transform.build(
-    _KERAS,
+    names,
     Rule(eps_in_sqrt=True, centered=centered, lr_in_momentum=True),
     Hyper(
       learning_rate=learning_rate,
       decay=rho,
       eps=epsilon,
       initial_scale=0.0,
-      momentum=_momentum_or_none(momentum),
-      decoupled_weight_decay=weight_decay,
+      momentum=_momentum_or_none(names, momentum),
+      decoupled_weight_decay=given(names, "weight_decay", weight_decay),
     ),
     weight_decay_mask=weight_decay_mask,
     state_dtype=state_dtype,
@@ -251,16 +254,17 @@ def tf1_rmsprop(
     >>> updates
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
+  names = _TF1
   return _transform.build(
-    _TF1,
+    names,
     Rule(eps_in_sqrt=True, centered=centered, lr_in_momentum=True),
     Hyper(
       learning_rate=learning_rate,
       decay=decay,
       eps=epsilon,
       initial_scale=1.0,  # TF1 starts its mean square at one
-      momentum=_momentum_or_none(momentum),
-      coupled_weight_decay=weight_decay,
+      momentum=_momentum_or_none(names, momentum),
+      coupled_weight_decay=given(names, "weight_decay", weight_decay),
     ),
     weight_decay_mask=weight_decay_mask,
     lazy_rows=lazy_rows,
@@ -339,7 +343,7 @@ def timm_rmsprop_tf(
     Array([-0.05198753, -0.05198753], dtype=float32)
   """
   names = _TIMM
-  m = _momentum_or_none(momentum)
+  m = _momentum_or_none(names, momentum)
   decoupled = check_flag(names, "decoupled_weight_decay", decoupled_decay)
   # As in timm, caution acts only with momentum and corrected weight decay
   # only with decoupled decay.
@@ -365,7 +369,9 @@ def timm_rmsprop_tf(
         max_lr if decoupled or not corrected else None,
         lr,
       ),
-      **weight_decay_fields(weight_decay, decoupled=decoupled),
+      **weight_decay_fields(
+        given(names, "weight_decay", weight_decay), decoupled=decoupled
+      ),
     ),
     weight_decay_mask=weight_decay_mask,
     state_dtype=state_dtype,
@@ -433,9 +439,10 @@ def tf_keras_legacy_rmsprop(
     >>> updates
     Array([-0.31622753, -0.31622753], dtype=float32)
   """
-  m = _momentum_or_none(momentum)
+  names = _KERAS
+  m = _momentum_or_none(names, momentum)
   return _transform.build(
-    _KERAS,
+    names,
     Rule(eps_in_sqrt=m is not None, centered=centered, lr_in_momentum=True),
     Hyper(
       learning_rate=learning_rate,

@@ -154,7 +154,7 @@ def _update_leaf(
 ) -> tuple[jax.Array, Any, Any, Any]:
   """Reads one leaf's state in its compute dtype, steps it, stores it back."""
   dtype = _storage.compute_dtype(g.dtype, _storage.dtype_of(nu))
-  cdtype = jnp.result_type(dtype, g.dtype)  # complex stays complex
+  cdtype = _storage.complex_dtype(dtype) if jnp.iscomplexobj(g) else dtype
   sc = scalars(dtype)
   if p is None:  # no weight decay on this leaf
     sc = sc._replace(coupled_wd=None, decoupled_wd=None)
@@ -181,6 +181,7 @@ def _update_leaf(
 
 def _leaves(updates: Any, st: RMSPropState, params: Any, config: _Config) -> _Leaves:
   """Flattens and checks every tree of one update against ``updates``."""
+  v.check_param_leaves(updates, what="updates")
   grads = [jnp.asarray(g) for g in jax.tree.leaves(updates)]  # numbers too
   shapes = [g.shape for g in grads]
   nus = v.flatten_like(updates, st.nu, "updates", "state.nu")
@@ -584,7 +585,9 @@ def rmsprop(
       initial_scale=initial_scale,
       momentum=momentum,
       max_lr=v.corrected_max_lr(names, corrected, decoupled, max_lr, learning_rate),
-      **_rule.weight_decay(weight_decay, decoupled=decoupled),
+      **_rule.weight_decay(
+        v.given(names, "weight_decay", weight_decay), decoupled=decoupled
+      ),
     ),
     weight_decay_mask=weight_decay_mask,
     lazy_rows=lazy_rows,

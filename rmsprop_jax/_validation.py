@@ -173,8 +173,27 @@ def check_hyperparameters(names: Names, hyper: Any, *, scale_only: bool) -> None
       f"{name}=None, with which every update would be zero."
     )
   for key, value in hyper._asdict().items():
-    if value is not None and not (key == "learning_rate" and callable(value)):
+    if value is None and key in _OPTIONAL:
+      continue  # an option that is off
+    if not (key == "learning_rate" and callable(value)):
       check_hyper(names, _HYPER_KEYS.get(key, key), value)
+
+
+# Hyper's fields that are None when their option is off.
+_OPTIONAL = frozenset(
+  {"momentum", "coupled_weight_decay", "decoupled_weight_decay", "max_lr"}
+)
+
+
+def given(names: Names, key: str, value: Any) -> Any:
+  """``value``, refused if it is ``None`` where the API has no use for ``None``.
+
+  The builder reads ``None`` as "off"; only an API that documents ``None``
+  that way (``rmsprop``'s momentum, Keras' weight decay) may pass it on.
+  """
+  if value is None and key not in names.none_means_off:
+    check_hyper(names, key, value)  # raises the type error, with the range
+  return value
 
 
 def check_scalar_value(name: str, value: Any, what: str) -> None:
