@@ -33,11 +33,20 @@ def compute_dtype(param_dtype: Any, state_dtype: jnp.dtype | None) -> jnp.dtype:
   Half-precision leaves are promoted to float32 before squaring: |g|² of an
   fp16 gradient of 300 already overflows fp16.
   """
-  dtype = jnp.promote_types(real_dtype(param_dtype), jnp.float32)
-  if state_dtype is not None and jnp.dtype(state_dtype).itemsize > dtype.itemsize:
-    dtype = jnp.promote_types(dtype, state_dtype)
+  candidates = [jnp.dtype(jnp.float32), real_dtype(param_dtype)]
+  if state_dtype is not None:
+    candidates.append(jnp.dtype(state_dtype))
+  # The widest float of the three (the first, float32, on a tie).
+  dtype = max(
+    (d for d in candidates if jnp.issubdtype(d, jnp.floating)), key=lambda d: d.itemsize
+  )
   # NumPy float64 parameters without x64 get float32 state, as jnp arrays would.
-  return jnp.dtype(jax.dtypes.canonicalize_dtype(dtype))
+  return canonical_dtype(dtype)
+
+
+def complex_dtype(real: Any) -> jnp.dtype:
+  """The complex dtype of ``real``'s precision (complex64 for float32)."""
+  return jnp.dtype(jnp.complex128 if jnp.dtype(real).itemsize > 4 else jnp.complex64)
 
 
 def storage_dtype(
@@ -52,7 +61,7 @@ def storage_dtype(
   real = jnp.dtype(state_dtype) if state_dtype is not None else compute
   if is_nu or not jnp.issubdtype(param_dtype, jnp.complexfloating):
     return real
-  return jnp.dtype(jnp.complex128 if real.itemsize > 4 else jnp.complex64)
+  return complex_dtype(real)
 
 
 def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:
@@ -133,7 +142,7 @@ def load(stored: Any, dtype: Any) -> jax.Array:
   if isinstance(stored, _quantized.QuantizedArray):
     return _quantized.decode(stored).astype(dtype)
   if jnp.issubdtype(stored.dtype, jnp.complexfloating):
-    dtype = jnp.result_type(dtype, jnp.complex64)
+    dtype = complex_dtype(dtype)
   return stored.astype(dtype)
 
 
