@@ -569,9 +569,10 @@ def test_to_optax_refuses_a_weight_decay_optax_cannot_hold():
       id="adam",
     ),
     pytest.param(
-      lambda p: optax.chain(optax.clip(1.0), optax.rmsprop(0.1)).init(p),
-      r"For an optax\.chain .* convert the element",
-      id="chain",
+      lambda p: optax.chain(optax.clip(1.0), optax.adam(0.1)).init(p),
+      r"optax_state must be the state of optax\.rmsprop.* alone or inside the "
+      r"state of optax\.chain, .*; got tuple\(EmptyState, tuple\)",
+      id="chain-of-adam",
     ),
     pytest.param(
       lambda p: (optax.EmptyState(), optax.EmptyState(), optax.EmptyState()),
