@@ -321,12 +321,21 @@ def test_inner_state_of_an_injected_optax_state_converts_alone():
 WRAPPED = dict(learning_rate=SCHEDULE, centered=True, momentum=0.9)
 
 
+def _wrapped(wrapper: str):
+  """optax.rmsprop and ours inside the wrapper (jitted: the wrappers' conditions
+  are slow eagerly), and the way to the inner state."""
+  wrap, inner = WRAPPERS[wrapper]
+  theirs, ours = (
+    optax.GradientTransformation(t.init, jax.jit(t.update))
+    for t in (wrap(optax.rmsprop, WRAPPED), wrap(rmsprop_jax.rmsprop, WRAPPED))
+  )
+  return theirs, ours, inner
+
+
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_from_optax_converts_inside_each_wrapper(wrapper):
-  wrap, inner = WRAPPERS[wrapper]
+  theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    theirs = wrap(optax.rmsprop, WRAPPED)
-    ours = wrap(rmsprop_jax.rmsprop, WRAPPED)
     params = _cast(_params(), np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
     state = rmsprop_jax.from_optax(optax_state)
@@ -342,10 +351,8 @@ def test_from_optax_converts_inside_each_wrapper(wrapper):
 
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
-  wrap, inner = WRAPPERS[wrapper]
+  theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    theirs = wrap(optax.rmsprop, WRAPPED)
-    ours = wrap(rmsprop_jax.rmsprop, WRAPPED)
     params = _cast(_params(), np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
     template = jax.eval_shape(theirs.init, params)
