@@ -1,8 +1,14 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
 from rmsprop_jax import recipes as recipes
-from rmsprop_jax._handover import from_keras, from_torch, to_keras, to_torch
-from rmsprop_jax._optax_state import from_optax, to_optax
+from rmsprop_jax._interop import (
+  from_keras,
+  from_optax,
+  from_torch,
+  to_keras,
+  to_optax,
+  to_torch,
+)
 from rmsprop_jax._presets import (
   keras_rmsprop,
   tf1_rmsprop,

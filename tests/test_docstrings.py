@@ -6,12 +6,13 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _handover, _optax_state, _presets, _transform, recipes
+from rmsprop_jax import _presets, _transform, recipes
+from rmsprop_jax._interop import _keras, _optax, _torch
 
 
 @pytest.mark.parametrize(
   "module",
-  [_transform, _presets, _optax_state, _handover, recipes],
+  [_transform, _presets, _optax, _torch, _keras, recipes],
   ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

@@ -33,6 +33,7 @@ import pytest
 
 import rmsprop_jax
 from tests._compat import enable_x64
+from tests._wrappers import WRAPPERS
 from tests.reference import drivers, loader
 
 TORCH = loader.load_handovers("torch")
@@ -473,6 +474,84 @@ def test_to_torch_without_torch_says_so(monkeypatch: pytest.MonkeyPatch) -> None
   state = rmsprop_jax.torch_rmsprop().init((jnp.zeros(2),))
   with pytest.raises(ImportError, match=r"to_torch needs PyTorch .* as_numpy=True"):
     rmsprop_jax.to_torch(state, step=1)
+
+
+# ------------------------------------------------- inside optax's wrappers
+
+OPTIONS = {"momentum": 0.9, "centered": True}
+
+
+def wrapped_run(wrapper: str, preset: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
+  """Three steps of ``preset`` inside the wrapper: its state, and the leaves
+  of the inner RMSPropState, by parameter position (None where masked)."""
+  wrap, inner = WRAPPERS[wrapper]
+  opt = wrap(preset, {**OPTIONS, **kwargs})
+  params = tuple(jnp.asarray(drivers.INITIAL_PARAMS[k]) for k in drivers.LEAVES)
+  state = opt.init(params)
+  for _ in range(3):
+    g = drivers.gradient(reference_params(params), "float32")
+    updates, state = opt.update(tuple(jnp.asarray(g[k]) for k in "wb"), state, params)
+    params = optax.apply_updates(params, updates)
+  rms = inner(state)
+  held = [
+    None if isinstance(nu, optax.MaskedNode) else (nu, -trace, mu)
+    for nu, trace, mu in zip(rms.nu, rms.trace, rms.mu, strict=True)
+  ]
+  return state, held
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_to_torch_finds_the_state_inside_each_wrapper(wrapper: str) -> None:
+  state, held = wrapped_run(wrapper, rmsprop_jax.torch_rmsprop, lr=0.01)
+  entries = rmsprop_jax.to_torch(state, step=3, as_numpy=True)
+  assert list(entries) == [i for i, x in enumerate(held) if x is not None]
+  for i, entry in entries.items():
+    assert entry["step"] == 3
+    for key, expected in zip(
+      ("square_avg", "momentum_buffer", "grad_avg"), held[i], strict=True
+    ):
+      np.testing.assert_array_equal(entry[key], expected, err_msg=f"{i} {key}")
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_to_keras_finds_the_state_inside_each_wrapper(wrapper: str) -> None:
+  state, held = wrapped_run(wrapper, rmsprop_jax.keras_rmsprop, learning_rate=0.01)
+  with keras_dtype("float32") as keras:
+    # the optimizer of the parameters the state holds, in order
+    leaves = [k for k, x in zip(drivers.LEAVES, held, strict=True) if x is not None]
+    variables = [keras.Variable(drivers.INITIAL_PARAMS[k], name=k) for k in leaves]
+    keras_opt = keras.optimizers.RMSprop(**OPTIONS)
+    keras_opt.build(variables)
+    rmsprop_jax.to_keras(state, keras_opt, iterations=3)
+    slots = {v.name: np.asarray(v.value) for v in keras_opt.variables}
+  assert slots["iteration"] == 3
+  for leaf, values in zip(drivers.LEAVES, held, strict=True):
+    if values is None:  # a parameter of the other transformation
+      continue
+    for slot, expected in zip(
+      ("velocity", "momentum", "average_gradient"), values, strict=True
+    ):
+      np.testing.assert_array_equal(slots[f"{leaf}_{slot}"], expected, err_msg=slot)
+
+
+def test_several_states_for_one_parameter_or_one_optimizer_are_named() -> None:
+  twice = optax.chain(rmsprop_jax.torch_rmsprop(), rmsprop_jax.torch_rmsprop())
+  state = twice.init((jnp.zeros(2),))
+  with pytest.raises(
+    ValueError, match=r"state\[0\] and state\[1\] both hold a state for parameter 0"
+  ):
+    rmsprop_jax.to_torch(state, step=1, as_numpy=True)
+  state_dict, params, _, _ = two_group_run(1)
+  _, groups = rmsprop_jax.from_torch(state_dict, params)
+  keras = pytest.importorskip("keras")
+  keras_opt = keras.optimizers.RMSprop(momentum=0.9)
+  keras_opt.build([keras.Variable(np.zeros(3, np.float32))])
+  with pytest.raises(
+    ValueError,
+    match=r"state holds 2 RMSPropStates, at state\.inner_states\['group0'\]"
+    r"\.inner_state, state\.inner_states\['group1'\]\.inner_state: a Keras",
+  ):
+    rmsprop_jax.to_keras(groups, keras_opt, iterations=1)
 
 
 # ---------------------------------------------------------------- PyTorch, live

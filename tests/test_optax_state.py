@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import rmsprop_jax
 from tests._compat import enable_x64
+from tests._wrappers import WRAPPERS
 
 K, N = 5, 5  # steps before the conversion, and after it
 # Under x64 this evaluates in float64. (optax.exponential_decay computes in
@@ -315,6 +316,77 @@ def test_inner_state_of_an_injected_optax_state_converts_alone():
   _assert_bitwise(inner, rmsprop_jax.from_optax(optax_state).inner_state)
 
 
+# ------------------------------------------------- inside optax's wrappers
+
+WRAPPED = dict(learning_rate=SCHEDULE, centered=True, momentum=0.9)
+
+
+def _wrapped(wrapper: str):
+  """optax.rmsprop and ours inside the wrapper (jitted: the wrappers' conditions
+  are slow eagerly), and the way to the inner state."""
+  wrap, inner = WRAPPERS[wrapper]
+  theirs, ours = (
+    optax.GradientTransformation(t.init, jax.jit(t.update))
+    for t in (wrap(optax.rmsprop, WRAPPED), wrap(rmsprop_jax.rmsprop, WRAPPED))
+  )
+  return theirs, ours, inner
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_from_optax_converts_inside_each_wrapper(wrapper):
+  theirs, ours, inner = _wrapped(wrapper)
+  with enable_x64(True):
+    params = _cast(_params(), np.float64)
+    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    state = rmsprop_jax.from_optax(optax_state)
+    expected = ours.init(params)
+    if wrapper == "inject_hyperparams":  # optax.rmsprop has no weight_decay
+      del expected.hyperparams["weight_decay"]
+    chex.assert_trees_all_equal_structs(state, expected)
+    _assert_bitwise(inner(state), rmsprop_jax.from_optax(inner(optax_state)))
+    _, _, u_ours = _run(ours, params, state, N, start=K)
+    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
+    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
+  theirs, ours, inner = _wrapped(wrapper)
+  with enable_x64(True):
+    params = _cast(_params(), np.float64)
+    params, state, _ = _run(ours, params, ours.init(params), K)
+    template = jax.eval_shape(theirs.init, params)
+    optax_state = rmsprop_jax.to_optax(state, template)
+    chex.assert_trees_all_equal_structs(optax_state, theirs.init(params))
+    alone = rmsprop_jax.to_optax(inner(state), inner(template))
+    _assert_bitwise(inner(optax_state), alone)
+    # a bare template takes the one RMSPropState inside the wrappers
+    _assert_bitwise(rmsprop_jax.to_optax(state, inner(template)), alone)
+    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
+    _, _, u_ours = _run(ours, params, state, N, start=K)
+    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+
+
+def test_to_optax_names_the_paths_of_states_that_do_not_pair():
+  params = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+  chained = optax.chain(optax.clip(1.0), optax.rmsprop(0.1)).init(params)
+  masked = WRAPPERS["masked"][0](rmsprop_jax.rmsprop, dict(learning_rate=0.1))
+  with pytest.raises(
+    TypeError, match=r"optax\.rmsprop at template\[1\], .* at state\.inner_state\."
+  ):
+    rmsprop_jax.to_optax(masked.init(params), chained)
+  two = optax.transforms.partition(
+    {"a": rmsprop_jax.rmsprop(0.1), "b": rmsprop_jax.rmsprop(0.2)},
+    {"w": "a", "b": "b"},
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"state holds 2 RMSPropStates, at state\.inner_states\['a'\]\.inner_state, "
+    r"state\.inner_states\['b'\]\.inner_state: template is the state of one",
+  ):
+    rmsprop_jax.to_optax(two.init(params), optax.rmsprop(0.1).init(params))
+
+
 # ------------------------------------------------------------------- Orbax
 
 
@@ -569,9 +641,10 @@ def test_to_optax_refuses_a_weight_decay_optax_cannot_hold():
       id="adam",
     ),
     pytest.param(
-      lambda p: optax.chain(optax.clip(1.0), optax.rmsprop(0.1)).init(p),
-      r"For an optax\.chain .* convert the element",
-      id="chain",
+      lambda p: optax.chain(optax.clip(1.0), optax.adam(0.1)).init(p),
+      r"optax_state must be the state of optax\.rmsprop.* alone or inside the "
+      r"state of optax\.chain, .*; got tuple\(EmptyState, tuple\)",
+      id="chain-of-adam",
     ),
     pytest.param(
       lambda p: (optax.EmptyState(), optax.EmptyState(), optax.EmptyState()),

@@ -57,8 +57,8 @@ def test_wheel_holds_the_package_and_py_typed_only(dist: pathlib.Path) -> None:
   assert top == {"rmsprop_jax", f"rmsprop_jax-{rmsprop_jax.__version__}.dist-info"}
   package = {n for n in names if n.startswith("rmsprop_jax/")}
   on_disk = {
-    f"rmsprop_jax/{p.name}"
-    for p in (ROOT / "rmsprop_jax").iterdir()
+    p.relative_to(ROOT).as_posix()
+    for p in (ROOT / "rmsprop_jax").rglob("*")
     if p.suffix == ".py" or p.name == "py.typed"
   }
   assert package == on_disk

@@ -19,12 +19,17 @@ Every value maps onto :class:`RMSPropState` unchanged: optax's ``trace``
 accumulates the already negated, learning-rate-scaled step, so it holds the
 buffer with the update's sign, as ``RMSPropState.trace`` does; both counts are
 the number of updates applied, saturating at the int32 maximum.
+
+Inside optax's wrappers the 3-tuple is found by the locator and converted in
+place; the wrappers' own values (an ``inject_hyperparams`` state's
+hyper-parameters, a ``MultiSteps`` state's accumulated gradients) are carried
+over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +38,8 @@ import optax
 
 from rmsprop_jax import _storage
 from rmsprop_jax import _validation as v
+from rmsprop_jax._interop import _locate
+from rmsprop_jax._interop import _shared as s
 from rmsprop_jax._transform import RMSPropState
 
 _LAYOUT = (
@@ -40,8 +47,36 @@ _LAYOUT = (
   "or their ...WithCountState variants, EmptyState or ScaleByScheduleState, "
   "EmptyState or TraceState)"
 )
-_MOMENT_KEYS = ({"nu"}, {"count", "nu"}, {"mu", "nu"}, {"count", "mu", "nu"})
+# Each element of the 3-tuple: the states it may be, with their fields.
+_ELEMENTS: tuple[tuple[dict[str, frozenset[str]], str], ...] = (
+  (
+    {
+      "ScaleByRmsState": frozenset({"nu"}),
+      "ScaleByRmsWithCountState": frozenset({"count", "nu"}),
+      "ScaleByRStdDevState": frozenset({"mu", "nu"}),
+      "ScaleByRStdDevWithCountState": frozenset({"count", "mu", "nu"}),
+    },
+    "ScaleByRmsState, ScaleByRStdDevState or their ...WithCountState variants",
+  ),
+  (
+    {"EmptyState": frozenset(), "ScaleByScheduleState": frozenset({"count"})},
+    "EmptyState or ScaleByScheduleState",
+  ),
+  (
+    {"EmptyState": frozenset(), "TraceState": frozenset({"trace"})},
+    "EmptyState or TraceState",
+  ),
+)
 _Injected = optax.InjectStatefulHyperparamsState | optax.InjectHyperparamsState
+
+
+def _is_optax_rmsprop(x: Any) -> bool:
+  """Picks optax.rmsprop's 3-tuple for the locator, by its first element."""
+  return type(x) is tuple and len(x) == 3 and type(x[0]).__name__ in _ELEMENTS[0][0]
+
+
+def _is_injected(x: Any) -> bool:
+  return isinstance(x, _Injected)
 
 
 class _Parts(NamedTuple):
@@ -58,15 +93,6 @@ def _named_fields(x: Any) -> tuple[str, ...] | None:
   """The field names of a NamedTuple; ``None`` for anything else."""
   names = getattr(x, "_fields", None) if isinstance(x, tuple) else None
   return tuple(names) if names is not None else None
-
-
-def _describe(x: Any) -> str:
-  names = _named_fields(x)
-  if names is not None:
-    return f"{type(x).__name__}{names}"
-  if isinstance(x, Mapping):
-    return f"a dict with keys {sorted(x)}"
-  return type(x).__name__
 
 
 def _fields(x: Any, typed: bool) -> dict[str, Any] | None:
@@ -87,24 +113,25 @@ def _fields(x: Any, typed: bool) -> dict[str, Any] | None:
   return None
 
 
-def _element(
-  state: Any,
-  i: int,
-  allowed: tuple[set[str], ...],
-  *,
-  name: str,
-  typed: bool,
-  what: str,
-) -> dict[str, Any]:
+def _element(state: Any, i: int, *, name: str, typed: bool) -> dict[str, Any]:
+  allowed, what = _ELEMENTS[i]
   fields = _fields(state[i], typed)
-  if fields is None or set(fields) not in allowed:
+  # A NamedTuple must be one of these states; a dict of Orbax's may have the
+  # fields of any.
+  if _named_fields(state[i]) is not None:
+    expected = [allowed.get(type(state[i]).__name__)]
+  else:
+    expected = list(allowed.values())
+  if fields is None or set(fields) not in expected:
     hint = (
       " It must be built by optax (optax.rmsprop(...).init(params), or its "
       "jax.eval_shape), not restored without a target."
       if typed
       else ""
     )
-    raise TypeError(f"{name}[{i}] must be {what}; got {_describe(state[i])}.{hint}")
+    raise TypeError(
+      f"{name}[{i}] must be {what}; got {_locate.describe(state[i])}.{hint}"
+    )
   return fields
 
 
@@ -112,36 +139,11 @@ def _split(state: Any, name: str, *, typed: bool) -> _Parts:
   """Reads optax.rmsprop's 3-tuple into :class:`_Parts`, checking its layout."""
   if not isinstance(state, (tuple, list)) or len(state) != 3:
     raise TypeError(
-      f"{name} must be {_LAYOUT}, or optax.inject_hyperparams(optax.rmsprop)'s "
-      f"state; got {_describe(state)}"
-      + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
-      + ". For an optax.chain or another wrapper, convert the element that "
-      "optax.rmsprop produced."
+      f"{name} must be {_LAYOUT}, alone or inside the state of "
+      f"{_locate.WRAPPERS}; got {_locate.describe(state)}"
+      + (f" of length {len(state)}." if isinstance(state, (tuple, list)) else ".")
     )
-  moments = _element(
-    state,
-    0,
-    _MOMENT_KEYS,
-    name=name,
-    typed=typed,
-    what="ScaleByRmsState, ScaleByRStdDevState or their ...WithCountState variants",
-  )
-  lr = _element(
-    state,
-    1,
-    (set(), {"count"}),
-    name=name,
-    typed=typed,
-    what="EmptyState or ScaleByScheduleState",
-  )
-  tr = _element(
-    state,
-    2,
-    (set(), {"trace"}),
-    name=name,
-    typed=typed,
-    what="EmptyState or TraceState",
-  )
+  moments, lr, tr = (_element(state, i, name=name, typed=typed) for i in range(3))
   return _Parts(
     nu=moments["nu"],
     mu=moments.get("mu"),
@@ -208,27 +210,21 @@ def _to_ours(tree: Any, name: str, *, is_nu: bool) -> Any:
       # optax keeps nu in a complex parameter's dtype, with a zero imaginary part.
       x = jnp.real(x)
     # What init allocates for such a parameter; astype keeps the sharding.
-    return x.astype(_storage.storage_dtype(x.dtype, None, is_nu=is_nu))
+    return x.astype(s.init_dtype(x.dtype, is_nu=is_nu))
 
   return jax.tree.map(cast, tree)
 
 
-# The wrappers' states are tuples too, so the catch-all overload below overlaps
-# these; they come first and match first.
-@overload
-def from_optax(  # pyright: ignore[reportOverlappingOverload]
-  optax_state: optax.InjectStatefulHyperparamsState,
-) -> optax.InjectStatefulHyperparamsState: ...
-
-
-@overload
-def from_optax(
-  optax_state: optax.InjectHyperparamsState,
-) -> optax.InjectHyperparamsState: ...
-
-
-@overload
-def from_optax(optax_state: Any) -> RMSPropState: ...
+def _rms_state(optax_state: Any, name: str) -> RMSPropState:
+  """One optax.rmsprop state, typed or restored without a target, as ours."""
+  parts = _split(optax_state, name, typed=False)
+  _check_like_nu(parts, name)
+  return RMSPropState(
+    count=_count(parts, name),
+    nu=_to_ours(parts.nu, f"{name}[0].nu", is_nu=True),
+    mu=_to_ours(parts.mu, f"{name}[0].mu", is_nu=False),
+    trace=_to_ours(parts.trace, f"{name}[2].trace", is_nu=False),
+  )
 
 
 def from_optax(optax_state: Any) -> Any:
@@ -244,28 +240,33 @@ def from_optax(optax_state: Any) -> Any:
   step count is optax's (``count`` is ``None`` unless optax's state keeps
   one, exactly when :func:`rmsprop` with the same arguments does).
 
-  The state of ``optax.inject_hyperparams(optax.rmsprop)(...)`` converts to
-  the same wrapper holding the converted inner state, for
-  ``optax.inject_hyperparams(rmsprop_jax.rmsprop, static_args=...)(...)``:
-  its hyper-parameters, schedule states and count are carried over.
+  **Wrapped states.** ``optax.rmsprop``'s state inside the states of
+  ``optax.chain``, ``inject_hyperparams``, ``masked``,
+  ``transforms.partition``, ``MultiSteps`` and ``apply_if_finite``, nested
+  to any depth, is converted in place: the result is the same wrappers around
+  an :class:`RMSPropState`, for the same wrappers around :func:`rmsprop`
+  (``optax.inject_hyperparams(rmsprop_jax.rmsprop, static_args=...)`` for
+  injected hyper-parameters). The wrappers' own values, such as injected
+  hyper-parameters and schedule states, are carried over.
 
   The conversion traces (``jax.jit``, ``jax.eval_shape``); the two counts of
   a state with both a schedule and bias correction are compared only when
   they are concrete.
 
   Args:
-    optax_state: the state of ``optax.rmsprop`` (any options), the state of
-      ``optax.inject_hyperparams(optax.rmsprop)``, or either restored by Orbax
-      into an abstract target. ``optax.rmsprop``'s state restored without a
-      target (a list of dicts and ``None``) is accepted too.
+    optax_state: the state of ``optax.rmsprop`` (any options), alone or
+      wrapped as above, or either restored by Orbax into an abstract target.
+      ``optax.rmsprop``'s state restored without a target (a list of dicts
+      and ``None``) is accepted too.
 
   Returns:
-    An :class:`RMSPropState`, or the ``inject_hyperparams`` state with an
-    :class:`RMSPropState` as its ``inner_state``.
+    An :class:`RMSPropState`, or the wrappers' state holding one in place of
+    each ``optax.rmsprop`` state.
 
   Raises:
-    TypeError: ``optax_state`` is not in one of those layouts (naming the
-      element that is not), or holds integer leaves.
+    TypeError: ``optax_state`` holds no state of ``optax.rmsprop``, or one
+      not in its layout (naming the element that is not), or with integer
+      leaves.
     ValueError: ``mu`` or ``trace`` does not match ``nu``'s tree or shapes, or
       the two step counts disagree.
 
@@ -282,11 +283,16 @@ def from_optax(optax_state: Any) -> Any:
     >>> u_theirs, _ = theirs.update(g, optax_state)
     >>> bool(jnp.allclose(u_ours, u_theirs))
     True
+    >>> clipped = optax.chain(optax.clip(1.0), optax.rmsprop(0.1))
+    >>> rmsprop_jax.from_optax(clipped.init(jnp.zeros(2)))[1].nu
+    Array([0., 0.], dtype=float32)
   """
-  if isinstance(optax_state, _Injected):
-    inner = from_optax(optax_state.inner_state)
-    return optax_state._replace(
-      hyperparams=dict(optax_state.hyperparams), inner_state=inner
+  if _locate.locate(optax_state, _is_optax_rmsprop, "optax_state"):
+    return _locate.replace(
+      optax_state,
+      _is_optax_rmsprop,
+      lambda found: _rms_state(found.value, found.name),
+      "optax_state",
     )
   if isinstance(optax_state, Mapping) and "inner_state" in optax_state:
     raise TypeError(
@@ -295,67 +301,69 @@ def from_optax(optax_state: Any) -> Any:
       "schedule states have lost their types. Restore it into "
       "jax.eval_shape(optax.inject_hyperparams(optax.rmsprop)(...).init, params)."
     )
-  parts = _split(optax_state, "optax_state", typed=False)
-  _check_like_nu(parts, "optax_state")
-  return RMSPropState(
-    count=_count(parts, "optax_state"),
-    nu=_to_ours(parts.nu, "optax_state[0].nu", is_nu=True),
-    mu=_to_ours(parts.mu, "optax_state[0].mu", is_nu=False),
-    trace=_to_ours(parts.trace, "optax_state[2].trace", is_nu=False),
-  )
+  # Restored without a target, or no state of optax.rmsprop: the error says.
+  return _rms_state(optax_state, "optax_state")
 
 
-def _check_centred(state: RMSPropState, parts: _Parts, template: Any) -> None:
-  kind = type(template[0]).__name__
-  if parts.mu is not None and state.mu is None:
-    raise ValueError(
-      f"template is centred ({kind}) but state.mu is None: the state comes "
-      "from an optimizer without centered=True. Build the template with "
-      "optax.rmsprop(..., centered=False)."
-    )
-  if parts.mu is None and state.mu is not None:
-    raise ValueError(
-      f"state.mu is set (its optimizer is centred) but template is not "
-      f"({kind}): build the template with optax.rmsprop(..., centered=True)."
-    )
+# The options that add a field to the state: the field, the template's element
+# that shows the option, and what to say when only the template has it, or
+# only the state.
+_OPTIONS = (
+  (
+    "mu",
+    0,
+    "{t} is centred ({kind}) but {r}.mu is None: the state comes from an "
+    "optimizer without centered=True. Build the template with "
+    "optax.rmsprop(..., centered=False).",
+    "{r}.mu is set (its optimizer is centred) but {t} is not ({kind}): build "
+    "the template with optax.rmsprop(..., centered=True).",
+  ),
+  (
+    "trace",
+    2,
+    "{t} has momentum ({kind}) but {r}.trace is None: the state comes from an "
+    "optimizer with momentum=None. Build the template with "
+    "optax.rmsprop(..., momentum=None).",
+    "{r}.trace is set (its optimizer has momentum) but {t}[2] is {kind}, "
+    "without momentum: build the template with optax.rmsprop(..., "
+    "momentum=...) and the same momentum.",
+  ),
+)
 
 
-def _check_momentum(state: RMSPropState, parts: _Parts, template: Any) -> None:
-  kind = type(template[2]).__name__
-  if parts.trace is not None and state.trace is None:
-    raise ValueError(
-      f"template has momentum ({kind}) but state.trace is None: the state "
-      "comes from an optimizer with momentum=None. Build the template with "
-      "optax.rmsprop(..., momentum=None)."
-    )
-  if parts.trace is None and state.trace is not None:
-    raise ValueError(
-      f"state.trace is set (its optimizer has momentum) but template[2] is "
-      f"{kind}, without momentum: build the template with "
-      "optax.rmsprop(..., momentum=...) and the same momentum."
-    )
+def _check_options(
+  rms: Any, r_name: str, parts: _Parts, template: Any, t_name: str
+) -> None:
+  for field, i, only_template, only_state in _OPTIONS:
+    if (getattr(parts, field) is None) != (getattr(rms, field) is None):
+      message = only_state if getattr(parts, field) is None else only_template
+      kind = type(template[i]).__name__
+      raise ValueError(message.format(t=t_name, r=r_name, kind=kind))
 
 
-def _check_counts(state: RMSPropState, parts: _Parts, template: Any) -> None:
+def _check_counts(
+  rms: Any, r_name: str, parts: _Parts, template: Any, t_name: str
+) -> None:
   needs = [
-    f"{why} (template[{i}] is {type(template[i]).__name__})"
+    f"{why} ({t_name}[{i}] is {type(template[i]).__name__})"
     for i, why, count in (
       (0, "bias correction", parts.rms_count),
       (1, "a learning-rate schedule", parts.lr_count),
     )
     if count is not None
   ]
-  if needs and state.count is None:
+  if needs and rms.count is None:
     raise ValueError(
-      f"template keeps a step count for {' and '.join(needs)} but state.count "
-      "is None: the state comes from an optimizer without a learning-rate "
-      "schedule or bias_correction=True. Build the template without them too."
+      f"{t_name} keeps a step count for {' and '.join(needs)} but "
+      f"{r_name}.count is None: the state comes from an optimizer without a "
+      "learning-rate schedule or bias_correction=True. Build the template "
+      "without them too."
     )
-  if not needs and state.count is not None:
+  if not needs and rms.count is not None:
     raise ValueError(
-      "state.count is set (its optimizer has a learning-rate schedule or "
-      f"bias_correction=True) but template keeps no step count "
-      f"(template[0] is {type(template[0]).__name__}, template[1] is "
+      f"{r_name}.count is set (its optimizer has a learning-rate schedule or "
+      f"bias_correction=True) but {t_name} keeps no step count "
+      f"({t_name}[0] is {type(template[0]).__name__}, {t_name}[1] is "
       f"{type(template[1]).__name__}): build the template with the same "
       "learning-rate schedule or bias_correction=True."
     )
@@ -386,36 +394,42 @@ def _tree_like(template: Any, tree: Any, t_name: str, name: str) -> Any:
   )
 
 
-def _fill(element: Any, i: int, state: RMSPropState) -> Any:
-  """One element of the template, holding the values of ``state``."""
-  new = {}
-  for field in element._fields:
-    template = getattr(element, field)
-    if field == "count":
-      new[field] = jnp.asarray(state.count).astype(template.dtype)
-    else:
-      ours = getattr(state, field)
-      new[field] = _tree_like(
-        template, ours, f"template[{i}].{field}", f"state.{field}"
-      )
-  return element._replace(**new)
+def _filled(rms: Any, r_name: str, template: Any, t_name: str) -> tuple[Any, ...]:
+  """``template``, the state of optax.rmsprop, holding the values of ``rms``."""
+  parts = _split(template, t_name, typed=True)
+  for check in (_check_options, _check_counts):
+    check(rms, r_name, parts, template, t_name)
+  elements = []
+  for i, element in enumerate(template):
+    new = {}
+    for field in element._fields:
+      like = getattr(element, field)
+      if field == "count":
+        new[field] = jnp.asarray(rms.count).astype(like.dtype)
+      else:
+        ours = getattr(rms, field)
+        new[field] = _tree_like(
+          like, ours, f"{t_name}[{i}].{field}", f"{r_name}.{field}"
+        )
+    elements.append(element._replace(**new))
+  return tuple(elements)
 
 
 def _hyperparams_like(
-  template: dict[str, Any], hyperparams: dict[str, Any]
+  template: dict[str, Any], hyperparams: dict[str, Any], t_name: str, name: str
 ) -> dict[str, Any]:
   missing = sorted(set(template) - set(hyperparams))
   if missing:
     raise ValueError(
-      f"template.hyperparams has {missing} but state.hyperparams does not: "
+      f"{t_name}.hyperparams has {missing} but {name}.hyperparams does not: "
       "inject the same hyper-parameters on both sides."
     )
   for k in sorted(set(hyperparams) - set(template)):
     # optax.rmsprop has no weight decay; rmsprop_jax's default of 0 is no loss.
     if v.concrete_value(hyperparams[k]) != 0.0:
       raise ValueError(
-        f"state.hyperparams[{k!r}] = {hyperparams[k]!r} has no counterpart "
-        f"in template.hyperparams {sorted(template)}: optax.rmsprop has no "
+        f"{name}.hyperparams[{k!r}] = {hyperparams[k]!r} has no counterpart "
+        f"in {t_name}.hyperparams {sorted(template)}: optax.rmsprop has no "
         f"such hyper-parameter. Only a {k} of 0 converts."
       )
   return {
@@ -424,40 +438,54 @@ def _hyperparams_like(
   }
 
 
-def _to_injected(state: Any, template: Any) -> Any:
-  if not isinstance(state, _Injected):
-    raise TypeError(
-      f"template is {type(template).__name__}, the state of "
-      "optax.inject_hyperparams(optax.rmsprop), but state is "
-      f"{_describe(state)}: pass the state of "
-      "optax.inject_hyperparams(rmsprop_jax.rmsprop), or convert the inner "
-      "states alone with to_optax(state, template.inner_state)."
-    )
+def _injected_like(ours: Any, name: str, template: Any, t_name: str) -> Any:
+  """An inject_hyperparams state of ours with the template's hyper-parameters."""
   new: dict[str, Any] = {
-    "count": jnp.asarray(state.count).astype(jnp.result_type(template.count)),
-    "hyperparams": _hyperparams_like(template.hyperparams, state.hyperparams),
-    "inner_state": to_optax(state.inner_state, template.inner_state),
+    "count": ours.count,
+    "hyperparams": _hyperparams_like(
+      template.hyperparams, ours.hyperparams, t_name, name
+    ),
+    "inner_state": ours.inner_state,
   }
   if "hyperparams_states" in template._fields:
-    ours = getattr(state, "hyperparams_states", {})
-    if set(ours) != set(template.hyperparams_states):
+    schedules = getattr(ours, "hyperparams_states", {})
+    if set(schedules) != set(template.hyperparams_states):
       raise ValueError(
-        f"template schedules {sorted(template.hyperparams_states)} but state "
-        f"schedules {sorted(ours)}: inject the same schedules on both sides."
+        f"{t_name} schedules {sorted(template.hyperparams_states)} but {name} "
+        f"schedules {sorted(schedules)}: inject the same schedules on both sides."
       )
-    new["hyperparams_states"] = dict(ours)
+    new["hyperparams_states"] = dict(schedules)
   return template._replace(**new)
 
 
-@overload
-def to_optax(
-  state: optax.InjectStatefulHyperparamsState,
-  template: optax.InjectStatefulHyperparamsState,
-) -> optax.InjectStatefulHyperparamsState: ...
+def _wrapped_like(state: Any, template: Any, targets: list[_locate.Located]) -> Any:
+  """The template's wrappers holding ``state``'s values, its RMSPropStates converted."""
+  theirs = {t.where: t for t in targets}
+  ours = _locate.locate(state, s.is_rms_state, "state")
+  if sorted(theirs) != sorted(o.where for o in ours):
+    raise TypeError(
+      f"template is {type(template).__name__}, holding the state of "
+      f"optax.rmsprop at {_locate.listed(targets)}, but state is "
+      f"{type(state).__name__}, holding RMSPropStates at {_locate.listed(ours)}. "
+      "The wrappers' values come from state: pass the state of the same "
+      "wrappers around rmsprop_jax.rmsprop."
+    )
 
+  def filled(found: _locate.Located) -> Any:
+    like = theirs[found.where]
+    return _filled(found.value, found.name, like.value, like.name)
 
-@overload
-def to_optax(state: Any, template: tuple[Any, ...]) -> tuple[Any, ...]: ...
+  injected = {t.where: t for t in _locate.locate(template, _is_injected, "template")}
+
+  def hyperparams_like(found: _locate.Located) -> Any:
+    like = injected.get(found.where)
+    if like is None:  # a wrapper of another kind: the structures differ below
+      return found.value
+    return _injected_like(found.value, found.name, like.value, like.name)
+
+  converted = _locate.replace(state, s.is_rms_state, filled, "state")
+  converted = _locate.replace(converted, _is_injected, hyperparams_like, "state")
+  return _tree_like(template, converted, "template", "state")
 
 
 def to_optax(state: Any, template: Any) -> Any:
@@ -472,20 +500,29 @@ def to_optax(state: Any, template: Any) -> Any:
   Only the layout is checked, not the hyper-parameters: build ``template``
   with the arguments the run continues with.
 
+  **Wrapped states.** When ``template`` is ``optax.rmsprop``'s state inside
+  the states of ``optax.chain``, ``inject_hyperparams``, ``masked``,
+  ``transforms.partition``, ``MultiSteps`` or ``apply_if_finite``, ``state``
+  must be the state of the same wrappers around :func:`rmsprop`: each of its
+  RMSPropStates fills the ``optax.rmsprop`` state at the same place, and the
+  wrappers' values (counts, accumulated gradients, injected
+  hyper-parameters) are ``state``'s, in the template's dtypes. For a bare
+  ``template``, ``state`` may hold its one RMSPropState inside wrappers.
+
   Args:
-    state: an :class:`RMSPropState`, or the state of
-      ``optax.inject_hyperparams(rmsprop_jax.rmsprop)`` when ``template`` is
-      one of ``optax.inject_hyperparams(optax.rmsprop)``.
+    state: an :class:`RMSPropState`, alone or inside wrappers as above.
     template: a state of the wanted layout, e.g.
       ``optax.rmsprop(...).init(params)`` or, without allocating it,
-      ``jax.eval_shape(optax.rmsprop(...).init, params)``.
+      ``jax.eval_shape(optax.rmsprop(...).init, params)``; or the state of
+      wrappers around ``optax.rmsprop``.
 
   Returns:
     An optax state with ``template``'s structure and dtypes holding
     ``state``'s values.
 
   Raises:
-    TypeError: ``state`` or ``template`` is not a state of the kind above, or
+    TypeError: ``state`` or ``template`` is not a state of the kind above,
+      their wrappers differ (naming the paths of the states inside them), or
       ``state`` holds block-quantized (8-bit) leaves.
     ValueError: the layouts differ (centred or not, momentum or not, a step
       count on one side only, another tree, other shapes, complex against
@@ -507,15 +544,17 @@ def to_optax(state: Any, template: Any) -> Any:
     >>> bool(jnp.allclose(u_ours, u_theirs))
     True
   """
-  if isinstance(template, _Injected):
-    return _to_injected(state, template)
-  if not isinstance(state, RMSPropState):
-    raise TypeError(
-      "state must be an RMSPropState, the state of rmsprop_jax.rmsprop; got "
-      f"{_describe(state)}. The arguments are to_optax(state, template)."
-    )
-  parts = _split(template, "template", typed=True)
-  _check_centred(state, parts, template)
-  _check_momentum(state, parts, template)
-  _check_counts(state, parts, template)
-  return tuple(_fill(element, i, state) for i, element in enumerate(template))
+  targets = _locate.locate(template, _is_optax_rmsprop, "template")
+  if targets and targets[0].where:
+    return _wrapped_like(state, template, targets)
+  rms = _locate.locate_one(
+    state,
+    s.is_rms_state,
+    "state",
+    what="RMSPropStates",
+    expected="state must be an RMSPropState (the state of rmsprop_jax.rmsprop; "
+    "the arguments are to_optax(state, template))",
+    why_one="template is the state of one optax.rmsprop. Pass a template of "
+    "the same wrappers around optax.rmsprop",
+  )
+  return _filled(rms.value, rms.name, template, "template")
