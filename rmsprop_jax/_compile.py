@@ -36,3 +36,14 @@ def run(
   """Calls ``direct`` when staging, else ``compiled`` (its ``jax.jit``)."""
   fn = direct if staging(args) else compiled
   return fn(*args, **static)
+
+
+def schedule_value(schedule: Callable[[jax.Array], Any], count: jax.Array) -> Any:
+  """``schedule(count)``, under JAX's standard dtype promotion.
+
+  A schedule is the user's code or optax's (a Python float times the int32
+  count is a promotion); the package's own code may run under
+  ``jax.numpy_dtype_promotion("strict")``, a schedule need not.
+  """
+  with jax.numpy_dtype_promotion("standard"):
+    return schedule(count)

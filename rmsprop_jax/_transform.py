@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from contextlib import nullcontext
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -133,7 +134,7 @@ def _learning_rate(
   lr = 0.0 if hyper.learning_rate is None else hyper.learning_rate
   if config.schedule is not None:
     assert count is not None  # _checked_state refuses a state without one
-    lr = config.schedule(count)
+    lr = _compile.schedule_value(config.schedule, count)
     v.check_scalar_value(
       config.names("learning_rate"), lr, "the learning-rate schedule's value"
     )
@@ -158,16 +159,20 @@ def _update_leaf(
   sc = scalars(dtype)
   if p is None:  # no weight decay on this leaf
     sc = sc._replace(coupled_wd=None, decoupled_wd=None)
-  step = _rule.update(
-    g.astype(cdtype),
-    _storage.load(nu, dtype),
-    None if mu is None else _storage.load(mu, dtype),
-    None if trace is None else _storage.load(trace, dtype),
-    None if p is None else p.astype(cdtype),
-    sc,
-    rule,
-    lazy=lazy and g.ndim >= 1,
-  )
+  # A complex leaf meets real statistics and scalars in the rule by design,
+  # which strict dtype promotion would refuse; a real leaf promotes nothing.
+  complex_leaf = jnp.iscomplexobj(g)
+  with jax.numpy_dtype_promotion("standard") if complex_leaf else nullcontext():
+    step = _rule.update(
+      g.astype(cdtype),
+      _storage.load(nu, dtype),
+      None if mu is None else _storage.load(mu, dtype),
+      None if trace is None else _storage.load(trace, dtype),
+      None if p is None else p.astype(cdtype),
+      sc,
+      rule,
+      lazy=lazy and g.ndim >= 1,
+    )
 
   def store(new: Any, old: Any) -> Any:
     if old is None:

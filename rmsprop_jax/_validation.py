@@ -173,8 +173,8 @@ def check_hyperparameters(names: Names, hyper: Any, *, scale_only: bool) -> None
       f"{name}=None, with which every update would be zero."
     )
   for key, value in hyper._asdict().items():
-    if value is None and key in _OPTIONAL:
-      continue  # an option that is off
+    if value is None and (key in _OPTIONAL or key == "learning_rate"):
+      continue  # an option that is off, or scale_by_rms's missing learning rate
     if not (key == "learning_rate" and callable(value)):
       check_hyper(names, _HYPER_KEYS.get(key, key), value)
 

@@ -25,6 +25,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
-def _strict_dtype_promotion() -> Iterator[None]:
-  with jax.numpy_dtype_promotion("strict"):
+def _strict_dtype_promotion(request: pytest.FixtureRequest) -> Iterator[None]:
+  marked = request.node.get_closest_marker("standard_promotion") is not None
+  with jax.numpy_dtype_promotion("standard" if marked else "strict"):
     yield
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  config.addinivalue_line(
+    "markers",
+    "standard_promotion(reason): the test drives another library's code (optax's "
+    "MultiSteps, Keras) that relies on JAX's standard dtype promotion",
+  )

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmsprop_jax import _storage
+from rmsprop_jax import _compile, _storage
 from rmsprop_jax import _validation as v
 from rmsprop_jax._quantized import QuantizedArray
 from rmsprop_jax._transform import RMSPropState
@@ -115,7 +115,7 @@ def positions(tree: Any, name: str) -> dict[int, np.ndarray]:
 
 def check_schedule(schedule: Any, count: int, current: float, where: str) -> None:
   """Warns when a schedule does not continue at the rate the run had reached."""
-  expected = float(schedule(jnp.asarray(count, jnp.int32)))
+  expected = float(_compile.schedule_value(schedule, jnp.asarray(count, jnp.int32)))
   if not math.isclose(expected, current, rel_tol=1e-5, abs_tol=1e-12):
     v.warn(
       f"the learning-rate schedule gives {expected:.6g} at step {count}, but "
