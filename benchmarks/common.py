@@ -1,4 +1,4 @@
-"""What every benchmark shares: the contenders' options, timing, the machine.
+"""What every benchmark shares: options, timing, the machine, rows, tables.
 
 Timing interleaves the contenders (round-robin, the order rotated at every
 round), so that a slow drift of a shared machine affects them alike, and
@@ -11,14 +11,17 @@ import dataclasses
 import importlib.metadata
 import os
 import platform
+import re
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import jax
 import optax
+import trees
 
 import rmsprop_jax
 
@@ -80,25 +83,32 @@ class Timing:
 def measure(
   runners: dict[str, Contender], timing: Timing
 ) -> dict[str, dict[str, float]]:
-  """Per-step wall time in ms of each contender: median and quartiles.
+  """Per-step time in ms of each contender: median, quartiles, minimum, CPU.
 
   Every contender runs twice first (compile, allocate, warm the caches); the
   first run's time is reported as ``first_call_s`` (compilation included), the
-  second's sets how many samples fill ``timing.min_block_s``.
+  second's sets how many samples of it fill ``timing.min_block_s``. ``cpu_ms``
+  is the median of the process CPU time per step (all threads), which on a
+  shared machine ignores the time spent descheduled.
   """
   warm = {name: _warm_up(run) for name, run in runners.items()}
-  slowest = max(second for _, second in warm.values())
   # A median of a handful of millisecond steps on a shared machine is mostly
   # noise: fast steps get more samples (at most 200 per round).
-  samples = max(timing.samples, min(200, int(timing.min_block_s / slowest)))
-  times: dict[str, list[float]] = {name: [] for name in runners}
+  samples = {
+    name: max(timing.samples, min(200, int(timing.min_block_s / second)))
+    for name, (_, second) in warm.items()
+  }
+  wall: dict[str, list[float]] = {name: [] for name in runners}
+  cpu: dict[str, list[float]] = {name: [] for name in runners}
   names = list(runners)
   for r in range(timing.repeats):
     shift = r % len(names)
     for name in names[shift:] + names[:shift]:
-      for _ in range(samples):
-        times[name].append(_sample(runners[name], timing.calls))
-  out = {name: summary(xs) for name, xs in times.items()}
+      for _ in range(samples[name]):
+        w, c = _sample(runners[name], timing.calls)
+        wall[name].append(w)
+        cpu[name].append(c)
+  out = {name: summary(wall[name], cpu[name]) for name in runners}
   for name, (first, _) in warm.items():
     out[name]["first_call_s"] = first
   return out
@@ -115,18 +125,28 @@ def _warm_up(run: Contender) -> tuple[float, float]:
   return seconds[0], seconds[1]
 
 
-def _sample(run: Contender, calls: int) -> float:
+def _sample(run: Contender, calls: int) -> tuple[float, float]:
+  """Wall and process CPU milliseconds per step of ``calls`` steps."""
+  c0 = time.process_time()
   t0 = time.perf_counter()
   for _ in range(calls):
     run()
   run.wait()
-  return (time.perf_counter() - t0) * 1e3 / calls
+  t1 = time.perf_counter()
+  c1 = time.process_time()
+  return (t1 - t0) * 1e3 / calls, (c1 - c0) * 1e3 / calls
 
 
-def summary(xs: Sequence[float]) -> dict[str, float]:
-  """Median and quartiles (ms) of a list of samples."""
-  qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-  return {"median_ms": statistics.median(xs), "q1_ms": qs[0], "q3_ms": qs[2]}
+def summary(wall: Sequence[float], cpu: Sequence[float]) -> dict[str, float]:
+  """Median, quartiles and minimum of the wall times, median of the CPU times."""
+  qs = statistics.quantiles(wall, n=4) if len(wall) > 1 else [wall[0]] * 3
+  return {
+    "median_ms": statistics.median(wall),
+    "q1_ms": qs[0],
+    "q3_ms": qs[2],
+    "min_ms": min(wall),
+    "cpu_ms": statistics.median(cpu),
+  }
 
 
 def gbps(nbytes: int, ms: float) -> float:
@@ -164,15 +184,63 @@ def versions() -> dict[str, Any]:
   }
 
 
+def slugify(text: str) -> str:
+  """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
+  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
 def machine() -> dict[str, Any]:
-  """The host: processor, cores, OS, backend and library versions."""
-  return {
+  """The host: processor, cores, OS, backend, library versions, a file-name slug.
+
+  The slug names result files: ``cpu-<model>-<cores>core`` on a CPU
+  (``cpu-amd-epyc-2core``), the device kind on an accelerator.
+  """
+  out = {
     "cpu": cpu_model(),
     "cores": os.cpu_count(),
     "platform": platform.platform(),
     "backend": jax.default_backend(),
     **versions(),
   }
+  if out["backend"] == "cpu":
+    out["slug"] = f"cpu-{slugify(out['cpu'])}-{out['cores']}core"
+  else:
+    out["slug"] = slugify(jax.devices()[0].device_kind)
+  return out
+
+
+# --------------------------------------------------------------------------
+# Rows and verdicts.
+# --------------------------------------------------------------------------
+
+
+def rows_per_variant(
+  section: str,
+  shapes_by_tree: dict[str, trees.Shapes],
+  bench_one: Callable[[str, trees.Shapes, tuple[Tree, Tree], str], dict[str, Any]],
+) -> list[dict[str, Any]]:
+  """A row per tree and variant: what it is, then ``bench_one``'s numbers.
+
+  ``bench_one(tree, shapes, (params, grads), variant)`` measures; the row
+  starts with the tree's name, its leaves and parameters, and the variant.
+  The parameters (around 1) and gradients (around 0.5) are made once per tree;
+  progress goes to stderr.
+  """
+  rows = []
+  for tree, shapes in shapes_by_tree.items():
+    data = trees.materialise(shapes, 1.0), trees.materialise(shapes, 0.5)
+    head = {"tree": tree, "leaves": len(shapes), "params": trees.count(shapes)}
+    for variant in VARIANTS:
+      rows.append(
+        {**head, "variant": variant, **bench_one(tree, shapes, data, variant)}
+      )
+      print(f"  [{section}] {tree} / {variant} done", file=sys.stderr, flush=True)
+  return rows
+
+
+def verdict(name: str, value: Any, ok: bool) -> dict[str, Any]:
+  """One target of the run: what it says, the measured value, PASS or MISS."""
+  return {"name": name, "value": value, "pass": ok}
 
 
 # --------------------------------------------------------------------------

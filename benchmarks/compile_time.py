@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import trees
-from common import Tree, optimizer
+from common import Tree, optimizer, verdict
 from config import COMPILE_VS_OPTAX, Config
 
 LIBS = ("rmsprop_jax", "optax")
@@ -88,11 +88,11 @@ def bench_compile(cfg: Config) -> list[dict[str, Any]]:
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One verdict per row, on CPU time."""
   return [
-    {
-      "name": f"compile {r['leaves']} leaves {r['variant']}: CPU time <= "
+    verdict(
+      f"compile {r['leaves']} leaves {r['variant']}: CPU time <= "
       f"{COMPILE_VS_OPTAX}x optax ({r['cpu_vs_optax']:.2f}x)",
-      "value": r["cpu_vs_optax"],
-      "pass": r["pass"],
-    }
+      r["cpu_vs_optax"],
+      r["pass"],
+    )
     for r in rows
   ]

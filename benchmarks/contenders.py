@@ -1,8 +1,9 @@
-"""The timed contenders: train steps, the floor, stream kernels, PyTorch.
+"""The timed contenders: train steps, floors, eager updates, stream kernels, PyTorch.
 
 Each contender is an object whose call starts one step and whose ``wait``
 blocks on it. A jitted contender threads its outputs into its next call with
-the inputs donated, as a training loop does, so XLA may update in place.
+the inputs donated, as a training loop does, so XLA may update in place. An
+eager contender threads its state without donation, as a notebook does.
 """
 
 from __future__ import annotations
@@ -121,15 +122,42 @@ class EagerUpdate:
   """One ``update`` called without any ``jit``, the state threaded."""
 
   def __init__(self, opt: optax.GradientTransformation, params: Tree, grads: Tree):
-    self.opt, self.params, self.grads = opt, params, grads
+    self.update: Callable[[Tree, Tree, Tree], tuple[Tree, Tree]] = opt.update
+    self.params, self.grads = params, grads
     self.state = opt.init(params)
     self.updates: Tree = None
 
   def __call__(self) -> None:
-    self.updates, self.state = self.opt.update(self.grads, self.state, self.params)
+    self.updates, self.state = self.update(self.grads, self.state, self.params)
 
   def wait(self) -> None:
     jax.block_until_ready((self.updates, self.state))
+
+
+def dispatch_floor(grads: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
+  """An update's signature with a trivial body: one operation per output array.
+
+  Takes and returns exactly the trees ``update`` does, so a jitted call of it
+  costs what JAX itself charges to dispatch them: flattening the arguments,
+  checking them against the cached executable, launching it, wrapping the
+  outputs.
+  """
+  updates = jax.tree.map(jnp.subtract, grads, params)
+  return updates, jax.tree.map(lambda s: s + 1, state)
+
+
+class EagerFloor(EagerUpdate):
+  """JAX's own dispatch floor for an eager ``update`` of ``opt``.
+
+  One jitted call of :func:`dispatch_floor` on ``opt``'s actual state (nu;
+  the trace with momentum; mu when centred), so its array count always
+  matches the update it is the floor of; the state is threaded like the
+  update's.
+  """
+
+  def __init__(self, opt: optax.GradientTransformation, params: Tree, grads: Tree):
+    super().__init__(opt, params, grads)
+    self.update = jax.jit(dispatch_floor)
 
 
 # --------------------------------------------------------------------------

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from typing import Any
 
 import jax
-from common import cpu_model, versions
-
-
-def slugify(text: str) -> str:
-  """``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``."""
-  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+from common import cpu_model, slugify, versions
 
 
 def _nvidia_smi() -> str | None:

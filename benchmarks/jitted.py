@@ -10,11 +10,10 @@ measured streaming bandwidth.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import trees
-from common import VARIANTS, Contender, Timing, gbps, measure, torch
+from common import Contender, Timing, gbps, measure, rows_per_variant, torch, verdict
 from config import JIT_VS_FLOOR, JIT_VS_OPTAX, Config
 from contenders import Loop, TorchStep, floor_train, library_train
 
@@ -61,7 +60,7 @@ def bench_one(
   cfg: Config,
   bandwidth_gbps: float,
 ) -> dict[str, Any]:
-  """One row: one tree (its shapes, params and grads), one variant."""
+  """One tree (its shapes, params and grads), one variant: the row's numbers."""
   params, grads = data
   runners = contenders(variant, params, grads)
   moved = {name: run.moved_bytes for name, run in runners.items()}
@@ -69,10 +68,6 @@ def bench_one(
   del runners
   times.update(_torch_times(variant, shapes, cfg))
   row: dict[str, Any] = {
-    "tree": tree,
-    "leaves": len(shapes),
-    "params": trees.count(shapes),
-    "variant": variant,
     "times": times,
     "bytes": moved,
     "bytes_per_step": moved["rmsprop_jax"],
@@ -87,23 +82,23 @@ def bench_one(
 
 def bench_jitted(cfg: Config, bandwidth_gbps: float) -> list[dict[str, Any]]:
   """Every tree of the run, every variant."""
-  rows = []
-  for tree, shapes in cfg.trees.items():
-    data = trees.materialise(shapes, 1.0), trees.materialise(shapes, 0.5)
-    for variant in VARIANTS:
-      rows.append(bench_one(tree, shapes, data, variant, cfg, bandwidth_gbps))
-      print(f"  [jitted] {tree} / {variant} done", file=sys.stderr, flush=True)
-  return rows
+
+  def one(
+    tree: str, shapes: trees.Shapes, data: tuple[Any, Any], variant: str
+  ) -> dict[str, Any]:
+    return bench_one(tree, shapes, data, variant, cfg, bandwidth_gbps)
+
+  return rows_per_variant("jitted", cfg.trees, one)
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One verdict per row: against optax and against the floor."""
   return [
-    {
-      "name": f"jitted {r['tree']} {r['variant']}: <= {JIT_VS_OPTAX}x optax "
+    verdict(
+      f"jitted {r['tree']} {r['variant']}: <= {JIT_VS_OPTAX}x optax "
       f"({r['vs_optax']:.2f}x), <= {JIT_VS_FLOOR}x floor ({r['vs_floor']:.2f}x)",
-      "value": [r["vs_optax"], r["vs_floor"]],
-      "pass": r["pass"],
-    }
+      [r["vs_optax"], r["vs_floor"]],
+      r["pass"],
+    )
     for r in rows
   ]

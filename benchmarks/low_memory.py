@@ -1,337 +1,276 @@
-"""8-bit optimizer state: memory, speed and training-curve parity.
+"""Low-precision optimizer state: memory, speed and training-curve parity.
 
 Compares ``rmsprop(..., state_dtype=...)`` for float32 (the default), bfloat16
-and the block-quantized 8-bit formats on
+and the block-quantized 8-bit formats:
 
-* memory: bytes of optimizer state per parameter, from the leaves' ``nbytes``;
-* speed: wall time of the jitted ``update`` alone, interleaved repeats;
-* parity: held-out loss curves of two tasks, an MLP classifier on a noisy
-  teacher's labels and a small causal transformer language model on sequences
-  from a random second-order Markov source, several seeds each. Both have a
-  loss floor well above zero, so relative differences of the final loss mean
-  something.
+* memory: bytes of optimizer state per parameter of a 4.72M-parameter model
+  (an 8192x256 embedding and four dense layers), from the state's leaves;
+* speed: the jitted train step of that model (``update`` +
+  ``optax.apply_updates``, params and state donated), the state dtypes
+  interleaved, with ``common.measure``;
+* parity: held-out loss curves of the two tasks of ``tasks.py`` (an MLP
+  classifier on a noisy teacher, a small causal transformer language model on
+  a Markov source), several seeds each, float32 state against 8-bit state.
 
 Usage::
 
-  python benchmarks/low_memory.py                  # full run (minutes on CPU)
-  python benchmarks/low_memory.py --steps 300 --seeds 1 --no-plot   # smoke
+  python benchmarks/low_memory.py                      # full run, minutes on a CPU
+  python benchmarks/low_memory.py --quick              # smoke run, seconds
+  python benchmarks/low_memory.py --plots docs/images  # also draw the figure
 
-Writes docs/images/low_memory_parity.png (unless ``--no-plot``) and prints a
-Markdown summary.
+Writes every number to ``<out>/low-memory-<machine>.json`` (``--out``, by
+default ``benchmarks/results``; ``-quick.json`` with ``--quick``) and prints
+the tables; draws ``low_memory_parity.png`` only into the folder ``--plots``
+names.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import math
-import os
-import platform
-import statistics
+import dataclasses
+import json
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import tasks
+import trees
+from common import LR, Timing, fmt_ms, machine, measure, table, tree_bytes
+from contenders import library_train
 
 import rmsprop_jax
 
+SCHEMA = 1
+RESULTS = Path(__file__).resolve().parent / "results"
+FIGURE = "low_memory_parity.png"
 STATE_DTYPES: dict[str, Any] = {
   "float32": None,
   "bfloat16": jnp.bfloat16,
   "float8_e4m3fn": jnp.float8_e4m3fn,
   "float8_e5m2": jnp.float8_e5m2,
 }
-PLOT = os.path.join(
-  os.path.dirname(os.path.abspath(__file__)),
-  "..",
-  "docs",
-  "images",
-  "low_memory_parity.png",
-)
+DECAY = 0.99  # of the parity runs: the 8-bit state's hardest case is slow decay
 
 
-# ----------------------------------------------------------------- models
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The model, repeat counts and training runs of one run."""
+
+  model: trees.Shapes  # of the memory and speed measurements
+  timing: Timing
+  tasks: tuple[str, ...]
+  dtypes: tuple[str, ...]  # state dtypes of the parity runs, float32 first
+  seeds: int
+  steps: int
+  every: int  # steps between two held-out losses
 
 
-def _dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
-  return {
-    "w": jax.random.normal(key, (n_in, n_out)) / math.sqrt(n_in),
-    "b": jnp.zeros((n_out,)),
-  }
+def full_setup() -> Setup:
+  return Setup(
+    # 4.72M parameters: an embedding and a stack of dense layers.
+    model={"embed": (8192, 256), **trees.dense((256, 1024, 1024, 1024, 256))},
+    timing=Timing(repeats=15, samples=3, calls=5),
+    tasks=tuple(tasks.TASKS),
+    dtypes=("float32", "float8_e4m3fn", "float8_e5m2"),
+    seeds=3,
+    steps=2000,
+    every=100,
+  )
 
 
-def mlp_init(key: jax.Array, sizes: tuple[int, ...]) -> list[dict[str, jax.Array]]:
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [_dense(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+def quick_setup() -> Setup:
+  # Still leaves of >= 4096 elements, so that the 8-bit state is quantized.
+  return Setup(
+    model={"embed": (512, 64), **trees.dense((64, 128, 64))},
+    timing=Timing(repeats=2, samples=2, calls=2),
+    tasks=tuple(tasks.TASKS),
+    dtypes=("float32", "float8_e4m3fn"),
+    seeds=1,
+    steps=20,
+    every=10,
+  )
 
 
-def mlp_apply(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-  for layer in params[:-1]:
-    x = jax.nn.gelu(x @ layer["w"] + layer["b"])
-  return x @ params[-1]["w"] + params[-1]["b"]
+# --------------------------------------------------------------------------
+# Memory and speed.
+# --------------------------------------------------------------------------
 
 
-def _xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def bytes_per_param(shapes: trees.Shapes, state_dtype: Any, **options: Any) -> float:
+  """Bytes of ``rmsprop_jax.rmsprop``'s state per parameter, scales included.
 
-
-class MLPTask:
-  """A noisy teacher MLP labels Gaussian inputs; a wider student learns it."""
-
-  name = "MLP classifier"
-  dims = (64, 256, 256, 10)
-
-  def __init__(self, seed: int, batch: int = 128):
-    self.batch = batch
-    teacher = mlp_init(jax.random.key(10_000 + seed), (64, 64, 10))
-    self.teacher = jax.tree.map(lambda w: 3 * w, teacher)
-    self.eval_x, self.eval_y = self.sample(jax.random.key(20_000 + seed), 4096)
-
-  def sample(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    kx, ky = jax.random.split(key)
-    x = jax.random.normal(kx, (n, 64))
-    # Sampling the label from the teacher's softmax sets a loss floor.
-    y = jax.random.categorical(ky, mlp_apply(self.teacher, x))
-    return x, y
-
-  def init(self, key: jax.Array) -> Any:
-    return mlp_init(key, self.dims)
-
-  def loss(self, params: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-    return _xent(mlp_apply(params, batch[0]), batch[1])
-
-  def batch_at(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.sample(key, self.batch)
-
-  def eval_loss(self, params: Any) -> jax.Array:
-    return self.loss(params, (self.eval_x, self.eval_y))
-
-
-class LMTask:
-  """A 2-layer causal transformer on a random order-2 Markov source."""
-
-  name = "Transformer LM"
-  vocab, d, heads, layers, seq = 16, 64, 4, 2, 32
-
-  def __init__(self, seed: int, batch: int = 32):
-    self.batch = batch
-    key = jax.random.key(30_000 + seed)
-    # Each two-token context prefers a few next tokens (entropy ~1.7 nats).
-    logits = 2.0 * jax.random.normal(key, (self.vocab, self.vocab, self.vocab))
-    self.table = jax.nn.log_softmax(logits, axis=-1)
-    self.eval_tokens = self.sample(jax.random.key(40_000 + seed), 256)
-
-  def sample(self, key: jax.Array, n: int) -> jax.Array:
-    k0, k1, kscan = jax.random.split(key, 3)
-    a = jax.random.randint(k0, (n,), 0, self.vocab)
-    b = jax.random.randint(k1, (n,), 0, self.vocab)
-
-    def step(carry, k):
-      a, b = carry
-      c = jax.random.categorical(k, self.table[a, b])
-      return (b, c), c
-
-    _, rest = jax.lax.scan(step, (a, b), jax.random.split(kscan, self.seq - 1))
-    return jnp.concatenate([a[:, None], b[:, None], rest.T[:, :-1]], axis=1)
-
-  def init(self, key: jax.Array) -> Any:
-    d, v = self.d, self.vocab
-    keys = iter(jax.random.split(key, 4 + 4 * self.layers))
-    params: dict[str, Any] = {
-      "embed": jax.random.normal(next(keys), (v, d)) * 0.5,
-      "pos": jax.random.normal(next(keys), (self.seq, d)) * 0.1,
-      "out": _dense(next(keys), d, v),
-      "blocks": [],
-    }
-    for _ in range(self.layers):
-      params["blocks"].append(
-        {
-          "ln1": jnp.ones((d,)),
-          "ln2": jnp.ones((d,)),
-          "qkv": _dense(next(keys), d, 3 * d),
-          "proj": _dense(next(keys), d, d),
-          "up": _dense(next(keys), d, 4 * d),
-          "down": _dense(next(keys), 4 * d, d),
-        }
-      )
-    return params
-
-  def logits(self, params: Any, tokens: jax.Array) -> jax.Array:
-    n, t = tokens.shape
-    h = params["embed"][tokens] + params["pos"][:t]
-    mask = jnp.tril(jnp.ones((t, t), bool))
-    dh = self.d // self.heads
-
-    def norm(x, g):
-      return (
-        g
-        * (x - x.mean(-1, keepdims=True))
-        * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
-      )
-
-    for blk in params["blocks"]:
-      x = norm(h, blk["ln1"])
-      qkv = x @ blk["qkv"]["w"] + blk["qkv"]["b"]
-      q, k, v = jnp.split(qkv.reshape(n, t, 3 * self.heads, dh), 3, axis=2)
-      att = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(dh)
-      att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
-      x = jnp.einsum("nhts,nshd->nthd", att, v).reshape(n, t, self.d)
-      h = h + x @ blk["proj"]["w"] + blk["proj"]["b"]
-      x = norm(h, blk["ln2"])
-      x = jax.nn.gelu(x @ blk["up"]["w"] + blk["up"]["b"])
-      h = h + x @ blk["down"]["w"] + blk["down"]["b"]
-    return h @ params["out"]["w"] + params["out"]["b"]
-
-  def loss(self, params: Any, tokens: jax.Array) -> jax.Array:
-    logits = self.logits(params, tokens[:, :-1])
-    return _xent(logits, tokens[:, 1:])
-
-  def batch_at(self, key: jax.Array) -> jax.Array:
-    return self.sample(key, self.batch)
-
-  def eval_loss(self, params: Any) -> jax.Array:
-    return self.loss(params, self.eval_tokens)
-
-
-TASKS: dict[str, Callable[[int], Any]] = {"mlp": MLPTask, "lm": LMTask}
-LEARNING_RATES = {"mlp": 1e-3, "lm": 3e-3}
-
-
-# ----------------------------------------------------------------- training
-
-
-def train(
-  task: Any, lr: float, state_dtype: Any, seed: int, steps: int, every: int
-) -> np.ndarray:
-  """Held-out loss after every ``every`` steps (and at step 0)."""
-  opt = rmsprop_jax.rmsprop(lr, decay=0.99, eps=1e-8, state_dtype=state_dtype)
-  params = task.init(jax.random.key(seed))
-  state = opt.init(params)
-
-  def one_step(carry, key):
-    params, state = carry
-    grads = jax.grad(task.loss)(params, task.batch_at(key))
-    updates, state = opt.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  @jax.jit
-  def chunk(carry, keys):
-    carry, _ = jax.lax.scan(one_step, carry, keys)
-    return carry, task.eval_loss(carry[0])
-
-  keys = jax.random.split(jax.random.key(50_000 + seed), steps)
-  losses = [float(task.eval_loss(params))]
-  carry = (params, state)
-  for i in range(0, steps, every):
-    carry, loss = chunk(carry, keys[i : i + every])
-    losses.append(float(loss))
-  return np.asarray(losses)
-
-
-def parity(
-  names: list[str], dtypes: list[str], seeds: int, steps: int, every: int
-) -> dict[str, dict[str, np.ndarray]]:
-  curves: dict[str, dict[str, np.ndarray]] = {}
-  for name in names:
-    curves[name] = {}
-    for dt in dtypes:
-      runs = []
-      for seed in range(seeds):
-        t0 = time.perf_counter()
-        task = TASKS[name](seed)
-        runs.append(
-          train(task, LEARNING_RATES[name], STATE_DTYPES[dt], seed, steps, every)
-        )
-        print(
-          f"  {name:4s} {dt:14s} seed {seed}: final loss {runs[-1][-1]:.4f} "
-          f"({time.perf_counter() - t0:.0f} s)",
-          flush=True,
-        )
-      curves[name][dt] = np.stack(runs)
-  return curves
-
-
-# ----------------------------------------------------------------- memory, speed
-
-
-def bytes_per_param(params: Any, state_dtype: Any) -> float:
-  state = rmsprop_jax.rmsprop(1e-3, state_dtype=state_dtype).init(params)
-  n = sum(x.size for x in jax.tree.leaves(params))
-  return sum(x.nbytes for x in jax.tree.leaves(state)) / n
-
-
-def speed(
-  params: Any, dtypes: list[str], repeats: int, calls: int
-) -> dict[str, tuple[float, float, float]]:
-  """Milliseconds per jitted ``update``, repeats interleaved across dtypes.
-
-  Returns (min wall, median wall, median CPU) per dtype. On a shared machine
-  the minimum wall time is the least disturbed by other load, and process
-  CPU time (summed over XLA's threads) ignores time spent descheduled.
+  From the shapes and dtypes of the state's leaves (``jax.eval_shape``: the
+  bytes a real ``init`` allocates, without allocating them).
   """
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
-  fns = {}
-  for dt in dtypes:
-    opt = rmsprop_jax.rmsprop(1e-3, state_dtype=STATE_DTYPES[dt])
-    update = jax.jit(opt.update)
-    state = opt.init(params)
-    jax.block_until_ready(update(grads, state, params))
-    fns[dt] = functools.partial(update, grads, state, params)
-  wall: dict[str, list[float]] = {dt: [] for dt in dtypes}
-  cpu: dict[str, list[float]] = {dt: [] for dt in dtypes}
-  for _ in range(repeats):
-    for dt, fn in fns.items():
-      t0, c0 = time.perf_counter(), time.process_time()
-      for _ in range(calls):
-        out = fn()
-      jax.block_until_ready(out)
-      wall[dt].append((time.perf_counter() - t0) / calls * 1e3)
-      cpu[dt].append((time.process_time() - c0) / calls * 1e3)
+  params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+  with warnings.catch_warnings():
+    # Only the size is measured: the advice against centred RMSProp with
+    # bfloat16 state does not apply.
+    warnings.simplefilter("ignore", UserWarning)
+    opt = rmsprop_jax.rmsprop(LR, state_dtype=state_dtype, **options)
+  state = jax.eval_shape(opt.init, params)
+  return tree_bytes(state) / trees.count(shapes)
+
+
+def bench_memory(shapes: trees.Shapes) -> list[dict[str, Any]]:
+  """Per state dtype: plain RMSProp (nu) and with momentum and centring too."""
+  return [
+    {
+      "state_dtype": name,
+      "plain": bytes_per_param(shapes, dtype),
+      "momentum_centered": bytes_per_param(shapes, dtype, momentum=0.9, centered=True),
+    }
+    for name, dtype in STATE_DTYPES.items()
+  ]
+
+
+def bench_speed(shapes: trees.Shapes, timing: Timing) -> dict[str, Any]:
+  """The donated train step per state dtype, interleaved; ratios to float32."""
+  params = trees.materialise(shapes, 1.0)
+  grads = trees.materialise(shapes, 0.5)
+  runners = {
+    name: library_train("rmsprop_jax", "plain", params, grads, state_dtype=dtype)
+    for name, dtype in STATE_DTYPES.items()
+  }
+  times = measure(dict(runners), timing)
+  ref = times["float32"]
   return {
-    dt: (min(wall[dt]), statistics.median(wall[dt]), statistics.median(cpu[dt]))
-    for dt in dtypes
+    name: {
+      **t,
+      "vs_float32": {
+        key: t[f"{key}_ms"] / ref[f"{key}_ms"] for key in ("min", "median", "cpu")
+      },
+    }
+    for name, t in times.items()
   }
 
 
-def speed_model() -> Any:
-  """~4.7M parameters: an embedding and a stack of dense layers."""
-  key = jax.random.key(0)
+# --------------------------------------------------------------------------
+# Parity.
+# --------------------------------------------------------------------------
+
+
+def parity_runs(name: str, setup: Setup) -> dict[str, Any]:
+  """One task's held-out loss curves, every parity dtype and seed."""
+  curves: dict[str, list[list[float]]] = {dtype: [] for dtype in setup.dtypes}
+  for seed in range(setup.seeds):
+    task = tasks.make_task(name, seed)
+    for dtype in setup.dtypes:
+      t0 = time.perf_counter()
+      opt = rmsprop_jax.rmsprop(
+        task.learning_rate, decay=DECAY, eps=1e-8, state_dtype=STATE_DTYPES[dtype]
+      )
+      losses = tasks.train(task, opt, seed, setup.steps, setup.every)
+      curves[dtype].append(losses.tolist())
+      print(
+        f"  [parity] {name} {dtype} seed {seed}: final loss {losses[-1]:.4f} "
+        f"({time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+      )
+  task = tasks.TASKS[name]
   return {
-    "embed": jax.random.normal(key, (8192, 256)),
-    "dense": mlp_init(key, (256, 1024, 1024, 1024, 256)),
+    "name": task.name,
+    "learning_rate": task.learning_rate,
+    "decay": DECAY,
+    "steps": list(range(0, setup.steps + 1, setup.every)),
+    "dtypes": {
+      dtype: parity_summary(curves[dtype], curves["float32"]) for dtype in curves
+    },
   }
 
 
-# ----------------------------------------------------------------- report
+def parity_summary(
+  losses: list[list[float]], reference: list[list[float]]
+) -> dict[str, Any]:
+  """The curves, the final losses and their largest relative difference."""
+  final = np.array([run[-1] for run in losses])
+  ref = np.array([run[-1] for run in reference])
+  return {
+    "losses": losses,
+    "final": final.tolist(),
+    "worst_rel_diff": float(np.max(np.abs(final - ref) / ref)),
+  }
 
 
-def plot(curves: dict[str, dict[str, np.ndarray]], every: int, path: str) -> None:
+# --------------------------------------------------------------------------
+# Output.
+# --------------------------------------------------------------------------
+
+
+def report(result: dict[str, Any]) -> str:
+  """The run's tables: memory, speed, parity."""
+  m, model = result["machine"], result["model"]
+  out = [
+    f"Low-precision state -- {m['cpu']} ({m['cores']} cores), "
+    f"backend {m['backend']}, jax {m['jax']}",
+    "",
+    f"Memory and speed: {model['params'] / 1e6:.2f}M parameters, "
+    f"{model['leaves']} leaves (ms per donated train step, plain RMSProp)",
+  ]
+  rows = []
+  for mem in result["memory"]:
+    t = result["speed"][mem["state_dtype"]]
+    ms = " / ".join(fmt_ms(t[f"{k}_ms"]) for k in ("min", "median", "cpu"))
+    ratio = " / ".join(f"{t['vs_float32'][k]:.2f}x" for k in ("min", "median", "cpu"))
+    rows.append(
+      [
+        mem["state_dtype"],
+        f"{mem['plain']:.4f}",
+        f"{mem['momentum_centered']:.4f}",
+        ms,
+        ratio,
+      ]
+    )
+  headers = ["state dtype", "B/param", "B/param (mom.+centred)"]
+  headers += ["ms min / median / CPU", "vs float32"]
+  out += [table(headers, rows), ""]
+  for task in result["parity"].values():
+    steps = task["steps"][-1]
+    seeds = len(task["dtypes"]["float32"]["final"])
+    out.append(f"Parity: {task['name']}, {steps} steps, {seeds} seeds")
+    rows = [
+      [
+        dtype,
+        ", ".join(f"{x:.4f}" for x in d["final"]),
+        f"{100 * d['worst_rel_diff']:.2f} %",
+      ]
+      for dtype, d in task["dtypes"].items()
+    ]
+    out += [table(["state dtype", "final loss", "worst vs float32"], rows), ""]
+  return "\n".join(out)
+
+
+def plot(result: dict[str, Any], folder: Path) -> Path:
+  """Held-out loss against step, a panel per task, a band over the seeds."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4))
-  axes = np.atleast_1d(axes)
+  parity = result["parity"]
+  fig, axes = plt.subplots(1, len(parity), figsize=(6 * len(parity), 4))
   styles = {
     "float32": ("k", "-"),
     "bfloat16": ("tab:green", ":"),
     "float8_e4m3fn": ("tab:orange", "--"),
     "float8_e5m2": ("tab:blue", "-."),
   }
-  for ax, (name, by_dtype) in zip(axes, curves.items(), strict=True):
-    for dt, runs in by_dtype.items():
-      x = np.arange(runs.shape[1]) * every
-      color, ls = styles.get(dt, (None, "-"))
-      label = dt + (" (default)" if dt == "float32" else "")
-      ax.plot(x, runs.mean(0), color=color, ls=ls, label=label)
-      ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.15)
-    task = TASKS[name]
-    ax.set_title(f"{task.name}: held-out loss, {runs.shape[0]} seeds")
+  for ax, task in zip(np.atleast_1d(axes), parity.values(), strict=True):
+    for dtype, d in task["dtypes"].items():
+      runs = np.asarray(d["losses"])
+      color, ls = styles[dtype]
+      label = dtype + (" (default)" if dtype == "float32" else "")
+      ax.plot(task["steps"], runs.mean(0), color=color, ls=ls, label=label)
+      ax.fill_between(task["steps"], runs.min(0), runs.max(0), color=color, alpha=0.15)
+    seeds = len(task["dtypes"]["float32"]["losses"])
+    ax.set_title(f"{task['name']}: held-out loss, {seeds} seeds")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.set_yscale("log")
@@ -339,75 +278,50 @@ def plot(curves: dict[str, dict[str, np.ndarray]], every: int, path: str) -> Non
     ax.legend()
   fig.suptitle("RMSProp state in float32 vs 8 bits (band: min-max over seeds)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / FIGURE
   fig.savefig(path, dpi=110)
-  print(f"saved {os.path.normpath(path)}")
+  plt.close(fig)
+  return path
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=2000)
-  parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--every", type=int, default=100)
-  parser.add_argument("--tasks", default="mlp,lm")
-  parser.add_argument(
-    "--dtypes",
-    default="float32,float8_e4m3fn",
-    help="state dtypes of the parity runs (comma-separated)",
-  )
-  parser.add_argument("--repeats", type=int, default=15)
-  parser.add_argument("--no-plot", action="store_true")
-  parser.add_argument("--skip-parity", action="store_true")
-  parser.add_argument("--skip-speed", action="store_true")
-  args = parser.parse_args()
+def run(setup: Setup) -> dict[str, Any]:
+  """Every measurement of ``setup``."""
+  return {
+    "schema": SCHEMA,
+    "machine": machine(),
+    "model": {
+      "shapes": setup.model,
+      "params": trees.count(setup.model),
+      "leaves": len(setup.model),
+    },
+    "timing": dataclasses.asdict(setup.timing),
+    "memory": bench_memory(setup.model),
+    "speed": bench_speed(setup.model, setup.timing),
+    "parity": {name: parity_runs(name, setup) for name in setup.tasks},
+  }
 
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(ln.split(":", 1)[1].strip() for ln in f if "model name" in ln)
-  except (OSError, StopIteration):
-    pass
-  print(
-    f"jax {jax.__version__}, backend {jax.default_backend()}, {cpu}, "
-    f"{os.cpu_count()} CPUs\n"
-  )
 
-  if not args.skip_speed:
-    model = speed_model()
-    n = sum(x.size for x in jax.tree.leaves(model))
-    mem = {dt: bytes_per_param(model, STATE_DTYPES[dt]) for dt in STATE_DTYPES}
-    ms = speed(model, list(STATE_DTYPES), args.repeats, calls=5)
-    print(f"## Memory and speed (plain RMSProp, {n / 1e6:.2f}M parameters)\n")
-    print(
-      "| state dtype | bytes/param | update ms: min wall / median wall / "
-      "median CPU | ratio to float32 (same columns) |"
-    )
-    print("|---|---|---|---|")
-    ref = ms["float32"]
-    for dt in STATE_DTYPES:
-      cols = " / ".join(f"{x:.2f}" for x in ms[dt])
-      ratios = " / ".join(f"{x / r:.2f}x" for x, r in zip(ms[dt], ref, strict=True))
-      print(f"| {dt} | {mem[dt]:.4f} | {cols} | {ratios} |")
-    print()
-
-  if args.skip_parity:
-    return
-  names = args.tasks.split(",")
-  dtypes = args.dtypes.split(",")
-  print(f"## Parity ({args.steps} steps, {args.seeds} seeds)\n", flush=True)
-  curves = parity(names, dtypes, args.seeds, args.steps, args.every)
-  print("\n| task | state dtype | final loss (per seed) | worst rel. diff vs float32 |")
-  print("|---|---|---|---|")
-  for name in names:
-    ref = curves[name]["float32"][:, -1]
-    for dt in dtypes:
-      final = curves[name][dt][:, -1]
-      rel = np.max(np.abs(final - ref) / ref)
-      per_seed = ", ".join(f"{x:.4f}" for x in final)
-      print(f"| {TASKS[name].name} | {dt} | {per_seed} | {100 * rel:.2f} % |")
-  if not args.no_plot:
-    plot(curves, args.every, PLOT)
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+  parser.add_argument("--out", type=Path, default=RESULTS, help="JSON folder")
+  parser.add_argument("--plots", type=Path, help=f"draw {FIGURE} into this folder")
+  args = parser.parse_args(argv)
+  t0 = time.perf_counter()
+  result = run(quick_setup() if args.quick else full_setup())
+  result["quick"] = args.quick
+  result["seconds"] = time.perf_counter() - t0
+  args.out.mkdir(parents=True, exist_ok=True)
+  suffix = "-quick" if args.quick else ""
+  path = args.out / f"low-memory-{result['machine']['slug']}{suffix}.json"
+  path.write_text(json.dumps(result, indent=1))
+  print(report(result))
+  print(f"({result['seconds']:.0f} s; wrote {path})")
+  if args.plots is not None:
+    print(f"drew {plot(result, args.plots)}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import trees
-from common import EXTRA_STATE, VARIANTS, Tree, optimizer, tree_bytes
+from common import EXTRA_STATE, VARIANTS, Tree, optimizer, tree_bytes, verdict
 from config import Config
 from contenders import train_step
 
@@ -86,10 +86,6 @@ def bench_memory(cfg: Config) -> dict[str, Any]:
   return {"tree": cfg.memory_tree, "params": n, "state": state_rows, "step": step_rows}
 
 
-def _target(name: str, value: Any, ok: bool) -> dict[str, Any]:
-  return {"name": name, "value": value, "pass": ok}
-
-
 def targets(memory: dict[str, Any]) -> list[dict[str, Any]]:
   """One float32 accumulator per parameter for plain, half in bfloat16."""
   if not memory["state"]:
@@ -101,16 +97,16 @@ def targets(memory: dict[str, Any]) -> list[dict[str, Any]]:
     f32 = by_key[("rmsprop_jax", variant, "float32")]["bytes_per_param"]
     ox = by_key[("optax", variant, "float32")]["bytes_per_param"]
     name = f"state {variant} float32 == {want:g} B/param (optax {ox:g})"
-    out.append(_target(name, f32, f32 == want))
+    out.append(verdict(name, f32, f32 == want))
     bf = by_key[("rmsprop_jax", variant, "bfloat16")]["bytes_per_param"]
     out.append(
-      _target(f"state {variant} bfloat16 == {want / 2:g} B/param", bf, bf == want / 2)
+      verdict(f"state {variant} bfloat16 == {want / 2:g} B/param", bf, bf == want / 2)
     )
   arrays = by_key[("rmsprop_jax", "plain", "float32")]["arrays_per_param_leaf"]
   out.append(
-    _target("plain: one accumulator array per parameter leaf", arrays, arrays == 1.0)
+    verdict("plain: one accumulator array per parameter leaf", arrays, arrays == 1.0)
   )
   for row in memory["step"]:
     name = f"train step {row['variant']} (donated) temp bytes <= optax's or ~0"
-    out.append(_target(name, row["rmsprop_jax"]["temp_bytes"], row["pass"]))
+    out.append(verdict(name, row["rmsprop_jax"]["temp_bytes"], row["pass"]))
   return out

@@ -11,7 +11,8 @@ Sections (see benchmarks/README.md for what each measures and why):
 
 1. ``jitted.py``: the jitted train step (params and state donated) vs
    ``optax.rmsprop`` and the floor, against the measured streaming bandwidth;
-2. ``eager.py``: ``update`` without a user ``jit`` (the notebook case);
+2. ``eager.py``: ``update`` without a user ``jit`` (the notebook case) vs
+   JAX's dispatch floor and ``optax.rmsprop``;
 3. ``compile_time.py``: lower + compile time vs ``optax.rmsprop``;
 4. ``memory.py``: optimizer-state bytes per parameter and the compiled train
    step's temporaries.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +105,18 @@ def gpt2(size: str = "small") -> Shapes:
   """
   d_model, n_layer = GPT2_SIZES[size]
   return transformer(d_model, n_layer, vocab=50257, ctx=1024)
+
+
+def dense(sizes: Sequence[int], prefix: str = "dense") -> Shapes:
+  """Dense layers ``sizes[0] -> sizes[1] -> ...``: a kernel ``w`` and a bias ``b`` each.
+
+  ``dense((64,) * 101)`` is 100 layers of a (64, 64) kernel and a (64,) bias.
+  """
+  shapes: Shapes = {}
+  for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    shapes[f"{prefix}{i:03d}/w"] = (n_in, n_out)
+    shapes[f"{prefix}{i:03d}/b"] = (n_out,)
+  return shapes
 
 
 def uniform(n_leaves: int, shape: tuple[int, ...] = (64, 64)) -> Shapes:

@@ -1,19 +1,22 @@
 """Smoke tests of the benchmark scripts: they run and report what they claim.
 
 Timings are never asserted (the machine is shared and noisy). What is checked:
-both quick runs complete; their JSON has the documented structure; every
-derived number (ratios, GB/s, fractions of the bandwidth, verdicts) agrees
-with the raw medians it is computed from; and the bytes a train step must
-move agree with an independent count.
+the three quick runs complete; their JSON has the documented structure; every
+derived number (ratios, GB/s, fractions of the bandwidth, overheads, verdicts)
+agrees with the raw medians it is computed from; and the bytes a train step
+must move, or the optimizer state holds, agree with an independent count.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -28,6 +31,7 @@ SECTIONS = ("machine", "jitted", "eager", "compile", "memory", "targets")
 VARIANTS = {"plain", "momentum", "centered"}
 STATE_ARRAYS = {"plain": 1, "momentum": 2, "centered": 2}
 LIBS = ("rmsprop_jax", "optax", "floor")
+EAGER = ("rmsprop_jax", "floor", "optax")
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -53,12 +57,34 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 def quick_runs(
   tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[subprocess.Popen[str], Path]]:
-  """Both quick runs, started together: each mostly keeps one core busy."""
+  """The three quick runs, started together: each mostly keeps one core busy."""
   json_out = tmp_path_factory.mktemp("bench") / "quick.json"
   profile_dir = tmp_path_factory.mktemp("accelerator")
+  low_memory_dir = tmp_path_factory.mktemp("low_memory")
   run_py = _start(str(BENCH / "run.py"), "--quick", "--json", str(json_out))
   accel = _start(str(BENCH / "accelerator.py"), "--quick", "--out", str(profile_dir))
-  return {"run": (run_py, json_out), "accelerator": (accel, profile_dir)}
+  low_memory = _start(
+    str(BENCH / "low_memory.py"),
+    "--quick",
+    "--out",
+    str(low_memory_dir / "json"),
+    "--plots",
+    str(low_memory_dir / "plots"),
+  )
+  return {
+    "run": (run_py, json_out),
+    "accelerator": (accel, profile_dir),
+    "low_memory": (low_memory, low_memory_dir),
+  }
+
+
+def bench_module(name: str) -> ModuleType:
+  """A module of benchmarks/, which import each other by their flat names."""
+  sys.path.insert(0, str(BENCH))
+  try:
+    return importlib.import_module(name)
+  finally:
+    sys.path.remove(str(BENCH))
 
 
 def float32_step_bytes(n: int, variant: str) -> int:
@@ -133,13 +159,60 @@ def test_jitted_bandwidth_figures_are_bytes_over_time(
       assert r[f"{lib}_of_bandwidth"] == approx(achieved / bw["reference_gbps"])
 
 
-def test_eager_and_compile_ratios_are_those_of_the_raw_medians(
+def test_every_time_summarises_its_samples(quick_report: dict[str, Any]) -> None:
+  for r in quick_report["jitted"] + quick_report["eager"]:
+    for t in r["times"].values():
+      # (the quartiles are interpolated: q1 may lie below the minimum)
+      assert 0 < t["min_ms"] <= t["median_ms"]
+      assert t["q1_ms"] <= t["median_ms"] <= t["q3_ms"]
+      assert t["cpu_ms"] >= 0 and t["first_call_s"] > 0
+
+
+def test_eager_ratios_and_overheads_are_those_of_the_raw_medians(
   quick_report: dict[str, Any],
 ) -> None:
-  assert {r["variant"] for r in quick_report["eager"]} == VARIANTS
-  for r in quick_report["eager"]:
-    assert r["speedup"] == approx(r["optax_ms"] / r["rmsprop_jax_ms"])
+  rows = quick_report["eager"]
+  assert {r["variant"] for r in rows} == VARIANTS
+  for r in rows:
+    ms = {name: r["times"][name]["median_ms"] for name in EAGER}
+    for name in EAGER:
+      assert r[f"{name}_ms"] == ms[name] > 0
+    assert r["speedup"] == approx(ms["optax"] / ms["rmsprop_jax"])
+    assert r["vs_floor"] == approx(ms["rmsprop_jax"] / ms["floor"])
+    overhead = (ms["rmsprop_jax"] - ms["floor"]) / r["leaves"] * 1000
+    assert r["overhead_us_per_leaf"] == approx(overhead)
     assert r["target_applies"] == (r["leaves"] >= 100)
+    assert r["pass"] == (r["speedup"] >= 10 if r["target_applies"] else None)
+    if r["variant"] == "centered":
+      assert not r["floor_target_applies"]
+    want = r["vs_floor"] <= 1.2 if r["floor_target_applies"] else None
+    assert r["floor_pass"] == want
+  # The floor target holds on both trees of small leaves, plain and momentum.
+  stated = {(r["tree"], r["variant"]) for r in rows if r["floor_target_applies"]}
+  assert {v for _, v in stated} == {"plain", "momentum"} and len(stated) == 4
+
+
+def test_eager_floor_takes_and_returns_the_arrays_of_the_update() -> None:
+  common = bench_module("common")
+  contenders = bench_module("contenders")
+  params = {"w": jnp.ones((8, 8)), "b": jnp.ones((8,))}
+  grads = {"w": jnp.full((8, 8), 0.5), "b": jnp.full((8,), 0.5)}
+  for variant in sorted(VARIANTS):
+    opt = common.optimizer("rmsprop_jax", variant)
+    update = contenders.EagerUpdate(opt, params, grads)
+    floor = contenders.EagerFloor(opt, params, grads)
+    for run in (update, floor):
+      run()
+      run.wait()
+    got = jax.tree.map(jnp.shape, (floor.updates, floor.state))
+    want = jax.tree.map(jnp.shape, (update.updates, update.state))
+    assert got == want, variant
+    assert len(jax.tree.leaves(floor.state)) == 2 * STATE_ARRAYS[variant]
+
+
+def test_compile_ratios_are_those_of_the_raw_medians(
+  quick_report: dict[str, Any],
+) -> None:
   assert {r["variant"] for r in quick_report["compile"]} >= VARIANTS
   for r in quick_report["compile"]:
     assert r["rmsprop_jax_total_ms"] > 0 and r["optax_total_ms"] > 0
@@ -163,7 +236,9 @@ def test_every_row_has_its_verdict_and_the_summary_counts_them(
   quick_run: tuple[dict[str, Any], str],
 ) -> None:
   report, stdout = quick_run
-  n_eager = sum(r["target_applies"] for r in report["eager"])
+  n_eager = sum(
+    r["target_applies"] + r["floor_target_applies"] for r in report["eager"]
+  )
   n_rows = len(report["jitted"]) + n_eager + len(report["compile"])
   # 6 state sizes, one accumulator per leaf, 3 train steps' temporaries
   assert len(report["targets"]) == n_rows + 6 + 1 + 3
@@ -286,11 +361,108 @@ def test_full_profile_on_a_cpu_stops_with_a_message(tmp_path: Path) -> None:
 
 
 def test_device_names_become_file_names() -> None:
-  sys.path.insert(0, str(BENCH))
-  try:
-    from device import slugify  # pyright: ignore[reportMissingImports]
-  finally:
-    sys.path.remove(str(BENCH))
+  slugify = bench_module("common").slugify
   assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
   assert slugify("TPU v5 lite") == "tpu-v5-lite"
   assert slugify("Intel(R) Xeon(R) Processor") == "intel-r-xeon-r-processor"
+
+
+# --------------------------------------------------------------------------
+# benchmarks/low_memory.py --quick --plots DIR
+# --------------------------------------------------------------------------
+
+LOW_MEMORY_DTYPES = {"float32", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+
+@pytest.fixture(scope="module")
+def low_memory(quick_runs: dict[str, Any]) -> dict[str, Any]:
+  proc, out = quick_runs["low_memory"]
+  returncode, stdout, stderr = _finish(proc)
+  assert returncode == 0, stderr[-4000:]
+  files = list((out / "json").iterdir())
+  assert len(files) == 1, files
+  result = json.loads(files[0].read_text())
+  assert files[0].name == f"low-memory-{result['machine']['slug']}-quick.json"
+  assert str(files[0]) in stdout
+  # The figure goes where --plots says, and nowhere else.
+  assert [p.name for p in (out / "plots").iterdir()] == ["low_memory_parity.png"]
+  assert (out / "plots" / "low_memory_parity.png").read_bytes()[
+    :8
+  ] == b"\x89PNG\r\n\x1a\n"
+  return result
+
+
+def test_low_memory_describes_the_run(low_memory: dict[str, Any]) -> None:
+  assert low_memory["schema"] == 1 and low_memory["quick"] is True
+  m = low_memory["machine"]
+  assert m["jax"] == jax.__version__ and m["rmsprop_jax"] == rmsprop_jax.__version__
+  assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", m["slug"])
+  if m["backend"] == "cpu":
+    assert (
+      m["slug"] == f"cpu-{bench_module('common').slugify(m['cpu'])}-{m['cores']}core"
+    )
+  model = low_memory["model"]
+  assert model["params"] == sum(math.prod(s) for s in model["shapes"].values())
+  assert model["leaves"] == len(model["shapes"])
+
+
+def float8_state_bytes(shape: tuple[int, ...]) -> int:
+  """Bytes of one leaf's 8-bit state array: codes and block scales.
+
+  One byte per element and a float32 scale per block of at most 256 elements
+  of a row of the last axis; leaves under 4096 elements stay float32.
+  """
+  n = math.prod(shape)
+  if n < 4096:
+    return 4 * n
+  rows, last = n // shape[-1], shape[-1]
+  return n + 4 * rows * math.ceil(last / 256)
+
+
+def test_low_memory_state_bytes_match_an_independent_count(
+  low_memory: dict[str, Any],
+) -> None:
+  shapes = [tuple(s) for s in low_memory["model"]["shapes"].values()]
+  n = low_memory["model"]["params"]
+  f8 = sum(float8_state_bytes(s) for s in shapes) / n
+  want = {"float32": 4.0, "bfloat16": 2.0, "float8_e4m3fn": f8, "float8_e5m2": f8}
+  rows = {r["state_dtype"]: r for r in low_memory["memory"]}
+  assert set(rows) == LOW_MEMORY_DTYPES
+  for dtype, r in rows.items():
+    assert r["plain"] == approx(want[dtype])
+    # nu, mu and the trace: three arrays of the same layout.
+    assert r["momentum_centered"] == approx(3 * want[dtype])
+
+
+def test_low_memory_speed_ratios_are_those_of_the_raw_times(
+  low_memory: dict[str, Any],
+) -> None:
+  speed = low_memory["speed"]
+  assert set(speed) == LOW_MEMORY_DTYPES
+  for t in speed.values():
+    assert 0 < t["min_ms"] <= t["median_ms"]
+    assert t["q1_ms"] <= t["median_ms"] <= t["q3_ms"]
+    for key in ("min", "median", "cpu"):
+      ratio = t[f"{key}_ms"] / speed["float32"][f"{key}_ms"]
+      assert t["vs_float32"][key] == approx(ratio)
+  assert speed["float32"]["vs_float32"] == {"min": 1.0, "median": 1.0, "cpu": 1.0}
+
+
+def test_low_memory_parity_curves_start_together_and_fall(
+  low_memory: dict[str, Any],
+) -> None:
+  parity = low_memory["parity"]
+  assert set(parity) == {"mlp", "lm"}
+  for task in parity.values():
+    steps = task["steps"]
+    assert steps[0] == 0 and len(set(steps)) == len(steps) > 1
+    ref = task["dtypes"]["float32"]
+    assert ref["worst_rel_diff"] == 0.0
+    assert len(task["dtypes"]) >= 2, "float32 and at least one 8-bit format"
+    for d in task["dtypes"].values():
+      for run, final, first in zip(d["losses"], d["final"], ref["losses"], strict=True):
+        assert len(run) == len(steps) and all(math.isfinite(x) for x in run)
+        assert run[0] == first[0], "same seed: the same initial parameters"
+        assert run[-1] == final < run[0], "training lowers the held-out loss"
+      rel = [abs(f - r) / r for f, r in zip(d["final"], ref["final"], strict=True)]
+      assert d["worst_rel_diff"] == approx(max(rel))
