@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -195,8 +195,10 @@ def _leaves(updates: Any, st: RMSPropState, params: Any, config: _Config) -> _Le
   )
   leaves_p = None
   if params is not None:
+    v.check_param_leaves(params, "params")  # the updates take their dtypes
     leaves_p = [
-      jnp.asarray(p) for p in v.flatten_like(updates, params, "updates", "params")
+      jnp.asarray(p)
+      for p in v.flatten_like(updates, params, "updates", "params", arrays=True)
     ]
     v.check_shapes(updates, shapes, [p.shape for p in leaves_p], "updates", "params")
   elif config.decays:
@@ -243,7 +245,25 @@ def _checked_state(state: Any, config: _Config) -> RMSPropState:
       "optimizer without a schedule or bias correction; call init with this "
       "one."
     )
+  for field, kept in (
+    ("count", config.counts),
+    ("mu", config.rule.centered),
+    ("trace", config.momentum),
+  ):
+    if getattr(state, field) is not None and not kept:
+      raise ValueError(
+        f"state.{field} is set but this optimizer keeps none ({_KEPT_BY[field]} "
+        "is off): the state comes from another optimizer, and its "
+        f"{field} would be lost. Call init with this optimizer."
+      )
   return state
+
+
+_KEPT_BY = {
+  "count": "a learning-rate schedule or bias correction",
+  "mu": "centered",
+  "trace": "momentum",
+}
 
 
 def _optional_leaves(
@@ -317,7 +337,13 @@ def _transformation(
   ) -> tuple[optax.Updates, optax.OptState]:
     del extra_args
     update = _update if _compile.staging(updates) else _update_jit
-    new_updates, new_state = update(updates, state, params, hyper, config=config)
+    try:
+      new_updates, new_state = update(updates, state, params, hyper, config=config)
+    except TypeError:
+      # jit refuses a leaf that is no array before tracing: name its path.
+      for tree, name in ((updates, "updates"), (state, "state"), (params, "params")):
+        v.check_array_leaves(tree, name)
+      raise
     return new_updates, cast(optax.OptState, new_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

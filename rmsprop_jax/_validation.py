@@ -360,6 +360,7 @@ def _path_str(path: Sequence[Any]) -> str:
 
 def check_param_leaves(params: Any, what: str = "params") -> None:
   """Raises TypeError naming the path of any non-floating leaf."""
+  check_array_leaves(params, what)
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:
@@ -375,15 +376,40 @@ def check_param_leaves(params: Any, what: str = "params") -> None:
       )
 
 
-def flatten_like(reference: Any, tree: Any, ref_name: str, tree_name: str) -> list[Any]:
+def check_array_leaves(tree: Any, name: str) -> None:
+  """Raises TypeError naming the first leaf of ``tree`` that is no array or number.
+
+  An abstract array (``jax.ShapeDtypeStruct``) counts as an array.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    array_like = hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    if not array_like and not isinstance(leaf, (int, float, complex)):
+      raise TypeError(
+        f"{name}{_path_str(path)} is {leaf!r} of type {type(leaf).__name__}, not "
+        "an array or a number."
+      )
+
+
+def flatten_like(
+  reference: Any, tree: Any, ref_name: str, tree_name: str, *, arrays: bool = False
+) -> list[Any]:
   """Flattens ``tree`` up to the structure of ``reference``.
+
+  With ``arrays``, every leaf found must be an array or a number, not a
+  subtree where ``reference`` has a leaf (the params beside the updates; a
+  state leaf may be a ``QuantizedArray``).
 
   Raises:
     ValueError naming both structures when they differ.
   """
   treedef = jax.tree.structure(reference)
   try:
-    return treedef.flatten_up_to(tree)
+    leaves = treedef.flatten_up_to(tree)
+    if arrays:
+      for leaf in leaves:
+        if jax.tree.structure(leaf).num_nodes != 1:
+          raise ValueError(f"a subtree {leaf!r} stands where an array belongs")
+    return leaves
   except (ValueError, TypeError) as e:
     raise ValueError(
       f"{tree_name} does not have the structure of {ref_name}.\n"

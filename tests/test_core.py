@@ -230,6 +230,7 @@ def test_caution_floors_the_kept_share_at_one_in_a_thousand():
       np.testing.assert_allclose(u, wk, rtol=1e-12, atol=0)
 
 
+@pytest.mark.standard_promotion  # optax.rmsprop's bias correction
 @pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
 @pytest.mark.parametrize("options", OPTAX_OPTIONS, ids=str)
 def test_drop_in_replacement_for_optax_rmsprop(options, schedule):

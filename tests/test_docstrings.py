@@ -10,6 +10,9 @@ from rmsprop_jax import _presets, _transform, recipes
 from rmsprop_jax._interop import _keras, _optax, _torch
 
 
+# The examples run optax.rmsprop and Keras beside the package, whose own code
+# relies on JAX's standard dtype promotion.
+@pytest.mark.standard_promotion
 @pytest.mark.parametrize(
   "module",
   [_transform, _presets, _optax, _torch, _keras, recipes],

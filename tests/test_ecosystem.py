@@ -304,6 +304,7 @@ def test_chain_with_clip_by_global_norm_rescales_gradients_first():
     params = optax.apply_updates(params, u)
 
 
+@pytest.mark.standard_promotion  # optax.MultiSteps
 def test_multisteps_accumulation_equals_one_big_batch_step():
   k = 4
   x, y = _data(n=4 * k)

@@ -500,6 +500,7 @@ def wrapped_run(wrapper: str, preset: Any, **kwargs: Any) -> tuple[Any, list[Any
   return state, held
 
 
+@pytest.mark.standard_promotion  # optax.MultiSteps among the wrappers
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_to_torch_finds_the_state_inside_each_wrapper(wrapper: str) -> None:
   state, held = wrapped_run(wrapper, rmsprop_jax.torch_rmsprop, lr=0.01)
@@ -513,6 +514,7 @@ def test_to_torch_finds_the_state_inside_each_wrapper(wrapper: str) -> None:
       np.testing.assert_array_equal(entry[key], expected, err_msg=f"{i} {key}")
 
 
+@pytest.mark.standard_promotion  # optax.MultiSteps among the wrappers
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_to_keras_finds_the_state_inside_each_wrapper(wrapper: str) -> None:
   state, held = wrapped_run(wrapper, rmsprop_jax.keras_rmsprop, learning_rate=0.01)
@@ -765,6 +767,7 @@ LIVE_KERAS = {
 }
 
 
+@pytest.mark.standard_promotion  # Keras' own schedules
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(LIVE_KERAS))
 def test_live_keras_continues_in_jax(name: str, dtype: str) -> None:
@@ -786,6 +789,7 @@ def test_live_keras_continues_in_jax(name: str, dtype: str) -> None:
   assert_close(ours, recorded(h, 4, 9), dtype)
 
 
+@pytest.mark.standard_promotion  # Keras' own schedules
 @pytest.mark.parametrize("name", list(LIVE_KERAS))
 def test_live_keras_continues_what_to_keras_writes(name: str) -> None:
   spec, dtype = LIVE_KERAS[name], "float64"

@@ -58,7 +58,7 @@ TRAIN, VAL = _data()
 
 
 def _loss(params: dict[str, jax.Array], data: tuple[np.ndarray, np.ndarray]):
-  x, y = data
+  x, y = (jnp.asarray(a, params["w"].dtype) for a in data)
   return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
 
 

@@ -33,6 +33,10 @@ K, N = 5, 5  # steps before the conversion, and after it
 # Under x64 this evaluates in float64. (optax.exponential_decay computes in
 # float32 from the int32 count, and its value under jit and eagerly differs in
 # the last float32 bit: too coarse for a 1e-9 comparison.)
+# These tests run optax.rmsprop itself, whose schedules, bias correction and
+# complex moments rely on JAX's standard dtype promotion.
+pytestmark = pytest.mark.standard_promotion
+
 SCHEDULE = optax.cosine_decay_schedule(0.1, 20, alpha=0.1)
 
 # Each option alone, then combinations. Centred RMSProp with bias correction

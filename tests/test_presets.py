@@ -79,6 +79,7 @@ def test_preset_reproduces_recorded_embedding_table(case: loader.Case) -> None:
   assert_trajectory_close(loader.replay(case), case.params, case.dtype)
 
 
+@pytest.mark.standard_promotion  # the schedules, as written for optax
 @pytest.mark.parametrize(
   "case", [c for c in CASES if c.schedule is not None], ids=lambda c: c.id
 )

@@ -500,6 +500,7 @@ def test_vmap_over_a_batch_of_models_equals_one_model_at_a_time():
     chex.assert_trees_all_equal(state.nu["w"].codes[i], s_i.nu["w"].codes)
 
 
+@pytest.mark.standard_promotion  # optax.MultiSteps
 def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
   params = _params()
   schedule = optax.linear_schedule(0.01, 0.001, 10)

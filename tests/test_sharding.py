@@ -221,7 +221,8 @@ def test_jitted_init_equals_eager_init_bitwise(dtype, shape):
 def test_jitted_init_keeps_nonfinite_and_negative_zero_params_out(dtype):
   p = jnp.array([jnp.nan, jnp.inf, -jnp.inf, -0.0, -3.0, 2.0]).astype(dtype)
   if jnp.iscomplexobj(p):
-    p = p + 1j * jnp.array([0.0, jnp.nan, 1.0, -jnp.inf, -0.0, 0.0])
+    imag = jnp.array([0.0, jnp.nan, 1.0, -jnp.inf, -0.0, 0.0], jnp.real(p).dtype)
+    p = jax.lax.complex(jnp.real(p), imag)
   state = jax.jit(
     rmsprop_jax.rmsprop(0.1, initial_scale=0.5, momentum=0.9, centered=True).init
   )(p)

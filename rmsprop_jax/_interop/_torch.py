@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from rmsprop_jax import _presets
+from rmsprop_jax import _validation as v
 from rmsprop_jax._interop import _locate
 from rmsprop_jax._interop import _shared as s
 from rmsprop_jax._transform import RMSPropState
@@ -71,16 +72,19 @@ class _TorchGroup:
     return (self.lr, self.alpha, self.eps, self.momentum, self.centered, self.maximize)
 
   def preset(self, weight_decay: float, mask: Any) -> optax.GradientTransformation:
-    return _presets.torch_rmsprop(
-      lr=self.lr,
-      alpha=self.alpha,
-      eps=self.eps,
-      weight_decay=weight_decay,
-      momentum=self.momentum,
-      centered=self.centered,
-      maximize=self.maximize,
-      weight_decay_mask=mask,
-    )
+    try:
+      return _presets.torch_rmsprop(
+        lr=self.lr,
+        alpha=self.alpha,
+        eps=self.eps,
+        weight_decay=weight_decay,
+        momentum=self.momentum,
+        centered=self.centered,
+        maximize=self.maximize,
+        weight_decay_mask=mask,
+      )
+    except (ValueError, TypeError) as e:  # a value torch would refuse too
+      raise type(e)(f"param_groups[{self.index}]: {e}") from None
 
 
 class _Unit(NamedTuple):
@@ -122,18 +126,40 @@ def _torch_group(i: int, group: Any) -> _TorchGroup:
     raise TypeError(f"param_groups[{i}] is a {type(group).__name__}, not a dict.")
   _check_group_keys(i, group)
   g = {**_TORCH_DEFAULTS, **group}
-  lr = float(s.to_numpy(g["lr"]))  # a tensor lr (capturable) too
+
+  def number(key: str) -> float:
+    x = s.to_numpy(g[key])  # a tensor too (a capturable lr)
+    if x.ndim or not v.is_real_number(x):
+      raise TypeError(
+        f"param_groups[{i}][{key!r}] must be a real number; got {g[key]!r}."
+      )
+    return float(x)
+
+  def flag(key: str) -> bool:
+    if not isinstance(g[key], (bool, np.bool_)):
+      raise TypeError(f"param_groups[{i}][{key!r}] must be a bool; got {g[key]!r}.")
+    return bool(g[key])
+
+  params = g["params"]
+  if not isinstance(params, Sequence) or not all(
+    isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in params
+  ):
+    raise TypeError(
+      f"param_groups[{i}]['params'] must be a list of parameter indices; got "
+      f"{params!r}."
+    )
+  lr = number("lr")
   return _TorchGroup(
     index=i,
-    params=tuple(int(p) for p in g["params"]),
+    params=tuple(int(p) for p in params),
     recorded_lr=lr,
     lr=lr,
-    alpha=float(s.to_numpy(g["alpha"])),
-    eps=float(s.to_numpy(g["eps"])),
-    weight_decay=float(s.to_numpy(g["weight_decay"])),
-    momentum=float(s.to_numpy(g["momentum"])),
-    centered=bool(g["centered"]),
-    maximize=bool(g["maximize"]),
+    alpha=number("alpha"),
+    eps=number("eps"),
+    weight_decay=number("weight_decay"),
+    momentum=number("momentum"),
+    centered=flag("centered"),
+    maximize=flag("maximize"),
   )
 
 
