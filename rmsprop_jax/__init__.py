@@ -2,6 +2,7 @@
 
 from rmsprop_jax import recipes as recipes
 from rmsprop_jax._handover import from_keras, from_torch, to_keras, to_torch
+from rmsprop_jax._low_precision import LowPrecisionState, low_precision_params
 from rmsprop_jax._optax_state import from_optax, to_optax
 from rmsprop_jax._presets import (
   keras_rmsprop,
@@ -16,12 +17,14 @@ from rmsprop_jax._transform import RMSPropState, rmsprop, scale_by_rms
 __version__ = "0.2.0"
 
 __all__ = [
+  "LowPrecisionState",
   "QuantizedArray",
   "RMSPropState",
   "from_keras",
   "from_optax",
   "from_torch",
   "keras_rmsprop",
+  "low_precision_params",
   "rmsprop",
   "scale_by_rms",
   "tf1_rmsprop",
