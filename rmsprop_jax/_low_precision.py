@@ -113,16 +113,54 @@ def warn_if_low_precision(params: Any) -> None:
 
 
 # ----------------------------------------------------------------- rounding
+#
+# bfloat16 is the upper half of a float32, so rounding a float32 to it is
+# integer arithmetic on the bits: about half the cost of reduce_precision on
+# a CPU, and just as opaque to XLA's float simplifications.
+
+_BF16 = jnp.dtype(jnp.bfloat16)
+_LOW_HALF = 0xFFFF
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _from_bits(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(
+    bits & jnp.uint32(~_LOW_HALF & 0xFFFFFFFF), jnp.float32
+  )
+
+
+def _is_bfloat16_of_float32(x: jax.Array, dtype: Any) -> bool:
+  return jnp.dtype(dtype) == _BF16 and x.dtype == jnp.float32
+
+
+def cast_exact(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x``, already a value of ``dtype``, as a ``dtype`` array.
+
+  For bfloat16 that is the upper half of the float32 bits: cheaper than a
+  conversion, which would check for NaN and round again.
+  """
+  if _is_bfloat16_of_float32(x, dtype):
+    return jax.lax.bitcast_convert_type((_bits(x) >> 16).astype(jnp.uint16), _BF16)
+  return x.astype(dtype)
 
 
 def round_nearest(x: jax.Array, dtype: Any) -> jax.Array:
   """``x`` rounded to the nearest ``dtype`` value (ties to even), in x's dtype.
 
   The same value as ``x.astype(dtype).astype(x.dtype)``, but XLA cannot
-  delete it as an excess-precision round trip. ``reduce_precision`` flushes
-  the subnormals of a format with fewer exponent bits than ``x``'s (float16's
-  below 2**-14); they lie on a uniform grid and are rounded on it instead.
+  delete it as an excess-precision round trip. From float32 to bfloat16 it
+  adds half a bfloat16 gap (less one unit, plus the kept bit for ties to
+  even) to the bits and drops the low half; otherwise it is
+  ``reduce_precision``, which flushes the subnormals of a format with fewer
+  exponent bits than ``x``'s (float16's below 2**-14): they lie on a uniform
+  grid and are rounded on it instead.
   """
+  if _is_bfloat16_of_float32(x, dtype):
+    bits = _bits(x)
+    return _from_bits(bits + (jnp.uint32(0x7FFF) + ((bits >> 16) & 1)))
   info = jnp.finfo(dtype)
   y = jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
   if info.nexp >= jnp.finfo(x.dtype).nexp:
@@ -146,15 +184,24 @@ def _scale(x: jax.Array, shift: jax.Array) -> jax.Array:
   return x * _pow2(half, x.dtype) * _pow2(shift - half, x.dtype)
 
 
+def uniform_from_bits(bits: jax.Array, dtype: Any) -> jax.Array:
+  """Uniform numbers in [0, 1) on a grid of 2**-24 from 32 random bits."""
+  return (bits >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)
+
+
 def round_stochastic(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
   """``x`` rounded to one of its two ``dtype`` neighbours, in x's dtype.
 
-  The upper neighbour is taken with probability equal to x's distance from
-  the lower one over their gap, so the expected result is ``x`` (to within
-  2**-24 of the gap, the resolution of the uniform number). ``bits`` are 32
-  random bits per element. It is exact arithmetic: ``x`` is scaled by a power
-  of two so that the format's grid around it becomes the integers.
+  The upper neighbour (in magnitude) is taken with probability equal to x's
+  distance from the lower one over their gap, so the expected result is
+  ``x``. ``bits`` are 32 random bits per element. From float32 to bfloat16,
+  16 of them are added to the bits that bfloat16 drops, and a carry rounds
+  up: exactly unbiased. Otherwise ``x`` is scaled by a power of two so that
+  the format's grid around it becomes the integers, and compared with a
+  uniform number: unbiased to within 2**-24 of the gap.
   """
+  if _is_bfloat16_of_float32(x, dtype):
+    return _from_bits(_bits(x) + (bits >> 16))
   info = jnp.finfo(dtype)
   _, exponent = jnp.frexp(x)  # |x| in [2**(e-1), 2**e)
   # Below the normal range the subnormals are one uniform grid.
@@ -164,11 +211,6 @@ def round_stochastic(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
   up = uniform_from_bits(bits, x.dtype) < scaled - below
   # Past the format's largest value the upper neighbour is an infinity.
   return round_nearest(_scale(below + up.astype(x.dtype), -shift), dtype)
-
-
-def uniform_from_bits(bits: jax.Array, dtype: Any) -> jax.Array:
-  """Uniform numbers in [0, 1) on a grid of 2**-24 from 32 random bits."""
-  return (bits >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -191,16 +233,18 @@ def _element_index(shape: tuple[int, ...]) -> jax.Array:
   return index
 
 
-def element_bits(shape: tuple[int, ...], words: jax.Array) -> jax.Array:
-  """32 random bits per element from a leaf's two random ``words``.
+def element_bits(shape: tuple[int, ...], word: jax.Array) -> jax.Array:
+  """32 random bits per element from one random ``word`` of the leaf and step.
 
   Drawing them with ``jax.random.bits`` costs about 30 times a whole RMSProp
-  step on a CPU. Here the key gives each leaf and step two uniform words,
-  and a bijective hash spreads them over the elements: each element's bits
-  are then exactly uniform, and independent from step to step, which is all
-  unbiased rounding needs; the hash only decorrelates neighbours.
+  step on a CPU. Here the key gives each leaf and step a uniform word, and a
+  bijective hash of it plus the element's index spreads it over the
+  elements: each element's bits are then exactly uniform, and independent
+  from step to step, which is all unbiased rounding needs; the hash only
+  decorrelates neighbours within a step.
   """
-  return _mix32(_mix32(_element_index(shape) + words[0]) ^ words[1])
+  golden = jnp.uint32(0x9E3779B9)  # a Weyl sequence over the indices
+  return _mix32(_element_index(shape) * golden + word)
 
 
 # ----------------------------------------------------------------- one leaf
@@ -241,17 +285,17 @@ def kahan_leaf(
   landed = round_nearest(p + step, param.dtype)  # what apply_updates stores
   lost = exact - landed
   # A NaN or an overflow is the step's to report, not the buffer's to keep.
-  lost = jnp.where(jnp.isfinite(lost), lost, 0)
-  return step.astype(update.dtype), lost.astype(param.dtype)
+  lost = round_nearest(jnp.where(jnp.isfinite(lost), lost, 0), param.dtype)
+  return cast_exact(step, update.dtype), cast_exact(lost, param.dtype)
 
 
-def stochastic_leaf(param: jax.Array, update: jax.Array, words: jax.Array) -> jax.Array:
+def stochastic_leaf(param: jax.Array, update: jax.Array, word: jax.Array) -> jax.Array:
   """The update that lands on the stochastically rounded new value."""
   dtype = _compute_dtype(update)
   p = param.astype(dtype)
   exact = p + update.astype(dtype)
-  new = round_stochastic(exact, param.dtype, element_bits(param.shape, words))
-  return _step_to(new, p, update).astype(update.dtype)
+  new = round_stochastic(exact, param.dtype, element_bits(param.shape, word))
+  return cast_exact(_step_to(new, p, update), update.dtype)
 
 
 class _Leaves(NamedTuple):
@@ -277,7 +321,7 @@ def _finish(
     return [s for s, _ in pairs], [c for _, c in pairs], count
   assert key is not None and count is not None
   step_key = jax.random.fold_in(jax.random.wrap_key_data(key), count)
-  words = jax.random.bits(step_key, (len(leaves.params), 2), jnp.uint32)
+  words = jax.random.bits(step_key, (len(leaves.params),), jnp.uint32)
   steps = [
     stochastic_leaf(p, u, words[i])
     for i, (p, u) in enumerate(zip(leaves.params, leaves.updates, strict=True))

@@ -241,6 +241,42 @@ def test_rounding_is_an_explicit_reduce_precision_in_the_compiled_step():
   assert "reduce-precision" in hlo
 
 
+def _wide_float32(seed: int, n: int = 100_000) -> np.ndarray:
+  """float32 values over 50 decades, both signs, with the special values."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal(n) * 10.0 ** rng.integers(-37, 6, n)
+  special = [np.inf, -np.inf, np.nan, 0.0, -0.0, 65504, 65520, 7e4, 3.4e38]
+  special += [6e-8, 2.9e-8, 3e-8, -4e-6]  # float16: its subnormal grid
+  return np.concatenate([x, special]).astype(np.float32)
+
+
+@JIT
+@pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
+def test_round_nearest_is_the_cast_everywhere(dtype, jit):
+  x = _wide_float32(1)
+  with np.errstate(over="ignore"):
+    want = x.astype(dtype).astype(np.float32)
+  fn = _maybe_jit(lambda a: _low_precision.round_nearest(a, dtype), jit)
+  got = np.asarray(fn(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, want)  # NaN matches NaN
+  np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
+def test_stochastic_rounding_picks_a_neighbour_everywhere(dtype):
+  x = _wide_float32(2)
+  if dtype == jnp.bfloat16:  # XLA's CPU arithmetic flushes float32 subnormals
+    x = x[~(np.abs(x) < np.finfo(np.float32).tiny)]
+  bits = jax.random.bits(jax.random.key(0), x.shape, jnp.uint32)
+  fn = jax.jit(lambda a, b: _low_precision.round_stochastic(a, dtype, b))
+  got = np.asarray(fn(jnp.asarray(x), bits))
+  with np.errstate(over="ignore"):
+    lo, hi = _neighbours(x, dtype)
+  nan = np.isnan(x)
+  assert np.all(np.isnan(got[nan]))
+  assert np.all((got == lo) | (got == hi) | nan)
+
+
 # ------------------------------------------------------------ pass-through
 
 
