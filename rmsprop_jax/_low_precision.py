@@ -158,6 +158,8 @@ def round_nearest(x: jax.Array, dtype: Any) -> jax.Array:
   exponent bits than ``x``'s (float16's below 2**-14): they lie on a uniform
   grid and are rounded on it instead.
   """
+  if jnp.dtype(dtype) == x.dtype:
+    return x
   if _is_bfloat16_of_float32(x, dtype):
     bits = _bits(x)
     return _from_bits(bits + (jnp.uint32(0x7FFF) + ((bits >> 16) & 1)))

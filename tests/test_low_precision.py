@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import doctest
+import pathlib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -224,21 +226,27 @@ def test_compensation_survives_jit_nonzero_and_exactly_what_rounding_lost(jit):
   np.testing.assert_array_equal(_bits(comp), _bits(want))
 
 
-def test_rounding_is_an_explicit_reduce_precision_in_the_compiled_step():
-  params = {"w": jnp.ones(8, jnp.bfloat16)}
+@pytest.mark.parametrize(
+  ("dtype", "rounding"),
+  [
+    # bfloat16: the upper half of float32's bits, rounded by an integer add
+    # and this mask; float16: reduce_precision.
+    (jnp.bfloat16, "u32[] constant(4294901760)"),
+    (jnp.float16, "reduce-precision("),
+  ],
+  ids=LOW_IDS,
+)
+def test_the_compiled_step_still_rounds(dtype, rounding):
+  params = {"w": jnp.ones(8, dtype)}
   opt = _identity_wrapped()
 
   def step(p, s, g):
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s
 
-  hlo = (
-    jax.jit(step)
-    .lower(params, opt.init(params), {"w": jnp.ones(8)})
-    .compile()
-    .as_text()
-  )
-  assert "reduce-precision" in hlo
+  grads = {"w": jnp.ones(8, dtype)}
+  hlo = jax.jit(step).lower(params, opt.init(params), grads).compile().as_text()
+  assert rounding in hlo
 
 
 def _wide_float32(seed: int, n: int = 100_000) -> np.ndarray:
@@ -726,3 +734,20 @@ def test_docstring_examples():
   result = doctest.testmod(_low_precision, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0
   assert result.failed == 0
+
+
+PAGE = pathlib.Path(__file__).parents[1] / "docs" / "low_precision.md"
+
+
+def test_page_examples_run_in_order_and_keep_the_small_steps():
+  blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
+  assert len(blocks) == 2
+  ns: dict[str, Any] = {}
+  exec(compile(blocks[0], "docs/low_precision.md:usage", "exec"), ns)
+  # 100 RMSProp steps of about 1e-4 from 0.5, where plain bfloat16 rounding
+  # (half gap 2**-9) keeps none of them.
+  assert ns["params"]["w"].dtype == jnp.bfloat16
+  assert 0.005 < float(ns["moved"]) < 0.05
+  exec(compile(blocks[1], "docs/low_precision.md:composed", "exec"), ns)
+  assert int(ns["state"].notfinite_count) == 0
+  assert isinstance(ns["state"].inner_state, rmsprop_jax.LowPrecisionState)
