@@ -9,6 +9,7 @@ from rmsprop_jax._interop import (
   to_optax,
   to_torch,
 )
+from rmsprop_jax._low_precision import LowPrecisionState, low_precision_params
 from rmsprop_jax._presets import (
   keras_rmsprop,
   tf1_rmsprop,
@@ -22,12 +23,14 @@ from rmsprop_jax._transform import RMSPropState, rmsprop, scale_by_rms
 __version__ = "0.2.0"
 
 __all__ = [
+  "LowPrecisionState",
   "QuantizedArray",
   "RMSPropState",
   "from_keras",
   "from_optax",
   "from_torch",
   "keras_rmsprop",
+  "low_precision_params",
   "rmsprop",
   "scale_by_rms",
   "tf1_rmsprop",

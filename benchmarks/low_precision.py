@@ -1,0 +1,732 @@
+"""Low-precision parameters: held-out loss, step time and bytes per parameter.
+
+Compares RMSProp on float32 parameters with bfloat16 parameters updated by
+plain rounding (``bfloat16``), by ``low_precision_params(..., "kahan")`` and
+by ``low_precision_params(..., "stochastic")``:
+
+* quality: held-out loss curves of two problems, at two learning rates and
+  several seeds, every method from the same initialisation (its float32
+  values rounded) on the same batches:
+
+  - a 2-layer tanh MLP (32-64-1) regressing a random tanh teacher's output
+    plus Gaussian noise;
+  - a 2-layer causal transformer (d=64, 4 heads) predicting the next
+    character of text from a small random grammar that this script
+    generates (seeded), with number agreement between subject and verb;
+
+* speed: the jitted train step (``update`` + ``optax.apply_updates``, params
+  and state donated) of each method on a 4.3M-parameter decoder layout,
+  interleaved, against plain bfloat16 rounding;
+* memory: bytes per parameter of parameters plus optimizer state, each the
+  sum of the real arrays' ``nbytes`` over the parameter count, from float32
+  parameters down to bfloat16 with 8-bit state.
+
+Usage::
+
+  python benchmarks/low_precision.py                 # full run, ~10 min on 2 cores
+  python benchmarks/low_precision.py --quick         # smoke run, seconds
+  python benchmarks/low_precision.py --figures DIR   # also draw DIR/low_precision.png
+  python benchmarks/low_precision.py --out DIR       # JSON folder (benchmarks/results)
+  python benchmarks/low_precision.py --report FILE   # the tables of a stored JSON
+
+It writes ``<out>/low-precision-<machine>.json`` (``-quick`` appended with
+``--quick``) and prints the Markdown tables that docs/low_precision.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import trees
+from common import Timing, machine, measure
+from contenders import Loop, train_step
+from device import slugify
+
+import rmsprop_jax
+
+SCHEMA = 1
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("float32", "bfloat16", "kahan", "stochastic")
+# Targets: final held-out loss relative to float32 parameters, and the step
+# time relative to plain bfloat16 rounding.
+QUALITY_TARGETS = {"kahan": 1.02, "stochastic": 1.10}
+STEP_TIME_TARGET = 1.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Sizes, step counts and repeats of one run."""
+
+  seeds: int
+  learning_rates: tuple[float, ...]
+  mlp_steps: int
+  lm_steps: int
+  every: int  # held-out loss every this many steps
+  lm: dict[str, int]  # the transformer's and the corpus' sizes
+  speed_tree: trees.Shapes
+  timing: Timing
+
+
+def full_config() -> Config:
+  return Config(
+    seeds=3,
+    learning_rates=(1e-3, 1e-4),
+    mlp_steps=3000,
+    lm_steps=1000,
+    every=100,
+    lm={"d": 64, "heads": 4, "layers": 2, "seq": 32, "batch": 16, "chars": 200_000},
+    speed_tree=trees.transformer(d_model=256, n_layer=4, vocab=4096, ctx=256),
+    timing=Timing(repeats=10, samples=1, min_block_s=0.2),
+  )
+
+
+def quick_config() -> Config:
+  return Config(
+    seeds=1,
+    learning_rates=(1e-3, 1e-4),
+    mlp_steps=40,
+    lm_steps=20,
+    every=10,
+    lm={"d": 16, "heads": 2, "layers": 1, "seq": 16, "batch": 4, "chars": 5_000},
+    speed_tree=trees.transformer(d_model=32, n_layer=1, vocab=256, ctx=32),
+    timing=Timing(repeats=2, samples=2),
+  )
+
+
+def optimizer(method: str, lr: Any, seed: int = 0, **kwargs: Any) -> Any:
+  """RMSProp (defaults: decay 0.9, eps 1e-8) for a method's parameters."""
+  inner = rmsprop_jax.rmsprop(lr, **kwargs)
+  if method in ("float32", "bfloat16"):
+    return inner
+  return rmsprop_jax.low_precision_params(inner, method, seed=seed)
+
+
+def param_dtype(method: str) -> Any:
+  return jnp.float32 if method == "float32" else jnp.bfloat16
+
+
+def init_state(method: str, lr: float, seed: int, params: Any, **kwargs: Any) -> Any:
+  with warnings.catch_warnings():
+    # Plain bfloat16 parameters are measured on purpose.
+    warnings.filterwarnings("ignore", message="Low-precision params")
+    return optimizer(method, lr, seed, **kwargs).init(params)
+
+
+def cast(tree: Any, dtype: Any) -> Any:
+  return jax.tree.map(lambda p: p.astype(dtype), tree)
+
+
+def as_float32(params: Any) -> Any:
+  return cast(params, jnp.float32)
+
+
+# ----------------------------------------------------------------- problems
+
+
+def dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
+  return {
+    "w": jax.random.normal(key, (n_in, n_out)) / math.sqrt(n_in),
+    "b": jnp.zeros((n_out,)),
+  }
+
+
+def mlp_apply(params: Sequence[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+  for layer in params[:-1]:
+    x = jnp.tanh(x @ layer["w"] + layer["b"])
+  return x @ params[-1]["w"] + params[-1]["b"]
+
+
+class MLP:
+  """A 32-64-1 tanh MLP regressing a random 32-16-1 tanh teacher plus noise."""
+
+  name = "MLP"
+  title = "2-layer tanh MLP (32-64-1), regression"
+  noise = 0.1  # the loss floor is noise**2
+
+  def __init__(self, cfg: Config, seed: int):
+    del cfg
+    k1, k2, k3 = jax.random.split(jax.random.key(10_000 + seed), 3)
+    teacher = [dense(k1, 32, 16), dense(k2, 16, 1)]
+    teacher[0]["w"] = 2.0 * teacher[0]["w"]  # a non-linear teacher
+    self.data = {"teacher": teacher, "eval": self.sample(teacher, k3, 4096)}
+
+  @classmethod
+  def sample(cls, teacher: Any, key: jax.Array, n: int) -> tuple[jax.Array, ...]:
+    kx, kn = jax.random.split(key)
+    x = jax.random.normal(kx, (n, 32))
+    y = mlp_apply(teacher, x) + cls.noise * jax.random.normal(kn, (n, 1))
+    return x, y
+
+  def init(self, key: jax.Array) -> Any:
+    k1, k2 = jax.random.split(key)
+    return [dense(k1, 32, 64), dense(k2, 64, 1)]
+
+  @staticmethod
+  def loss(params: Any, batch: tuple[jax.Array, ...]) -> jax.Array:
+    x, y = batch
+    return jnp.mean((mlp_apply(as_float32(params), x) - y) ** 2)
+
+  @classmethod
+  def batch(cls, data: Any, key: jax.Array) -> tuple[jax.Array, ...]:
+    return cls.sample(data["teacher"], key, 128)
+
+  @classmethod
+  def eval_loss(cls, params: Any, data: Any) -> jax.Array:
+    return cls.loss(params, data["eval"])
+
+
+# A small English-like grammar: determiners and verbs agree with the number
+# of the subject; phrases nest; the random choices set the loss floor.
+NOUNS = {
+  "cat": "cats",
+  "dog": "dogs",
+  "bird": "birds",
+  "child": "children",
+  "robot": "robots",
+  "teacher": "teachers",
+  "farmer": "farmers",
+  "fox": "foxes",
+}
+VERBS = {
+  "see": "sees",
+  "like": "likes",
+  "chase": "chases",
+  "find": "finds",
+  "watch": "watches",
+  "follow": "follows",
+}
+INTRANSITIVE = {"sleep": "sleeps", "run": "runs", "sing": "sings", "wait": "waits"}
+ADJECTIVES = ("big", "small", "red", "old", "quick", "quiet", "happy")
+DETERMINERS = {False: ("the", "a", "this", "every"), True: ("the", "some", "these")}
+ADVERBS = ("today", "again", "slowly", "often", "at night")
+PREPOSITIONS = ("near", "with", "behind")
+
+
+def _noun_phrase(rng: np.random.Generator, plural: bool, depth: int) -> str:
+  words = [str(rng.choice(DETERMINERS[plural]))]
+  words += [str(a) for a in rng.choice(ADJECTIVES, rng.integers(0, 3), replace=False)]
+  noun = str(rng.choice(list(NOUNS)))
+  words.append(NOUNS[noun] if plural else noun)
+  if depth < 1 and rng.random() < 0.25:
+    words += [
+      str(rng.choice(PREPOSITIONS)),
+      _noun_phrase(rng, bool(rng.random() < 0.4), depth + 1),
+    ]
+  if depth < 1 and rng.random() < 0.15:
+    words += ["that", _verb_phrase(rng, plural, depth + 1)]
+  return " ".join(words)
+
+
+def _verb_phrase(rng: np.random.Generator, plural: bool, depth: int) -> str:
+  if rng.random() < 0.7:
+    verb = str(rng.choice(list(VERBS)))
+    obj = _noun_phrase(rng, bool(rng.random() < 0.4), depth + 1)
+    return f"{verb if plural else VERBS[verb]} {obj}"
+  verb = str(rng.choice(list(INTRANSITIVE)))
+  return verb if plural else INTRANSITIVE[verb]
+
+
+def _sentence(rng: np.random.Generator) -> str:
+  plural = bool(rng.random() < 0.4)
+  words = [_noun_phrase(rng, plural, 0), _verb_phrase(rng, plural, 0)]
+  if rng.random() < 0.3:
+    words.append(str(rng.choice(ADVERBS)))
+  return " ".join(words) + "."
+
+
+def grammar_text(chars: int, seed: int) -> str:
+  """At least ``chars`` characters of sentences from the grammar."""
+  rng = np.random.default_rng(seed)
+  parts, n = [], 0
+  while n < chars:
+    parts.append(_sentence(rng))
+    n += len(parts[-1]) + 1
+  return " ".join(parts)
+
+
+_WORDS = (
+  *NOUNS.items(),
+  *VERBS.items(),
+  *INTRANSITIVE.items(),
+  ADJECTIVES,
+  *DETERMINERS.values(),
+  ADVERBS,
+  PREPOSITIONS,
+  ("that",),
+)
+# A space, a full stop and every letter the grammar uses: the model's tokens.
+ALPHABET = " ." + "".join(sorted(set("".join(w for ws in _WORDS for w in ws)) - {" "}))
+
+
+def encode(text: str) -> np.ndarray:
+  index = {c: i for i, c in enumerate(ALPHABET)}
+  return np.asarray([index[c] for c in text], np.int32)
+
+
+class LM:
+  """A 2-layer causal transformer on characters of the grammar's text."""
+
+  name = "LM"
+  title = "2-layer causal transformer (d=64), next character"
+
+  def __init__(self, cfg: Config, seed: int):
+    del seed  # one corpus; the seed picks the initialisation and the batches
+    self.sizes = cfg.lm
+    n = cfg.lm["chars"]
+    train = encode(grammar_text(n, seed=0))
+    held_out = encode(grammar_text(n // 10, seed=1))
+    seq = cfg.lm["seq"] + 1
+    rows = len(held_out) // seq
+    self.data = {
+      "train": jnp.asarray(train),
+      "eval": jnp.asarray(held_out[: rows * seq].reshape(rows, seq)),
+    }
+
+  def init(self, key: jax.Array) -> Any:
+    d, v, s = self.sizes["d"], len(ALPHABET), self.sizes["seq"]
+    keys = iter(jax.random.split(key, 3 + 4 * self.sizes["layers"]))
+    params: dict[str, Any] = {
+      "embed": jax.random.normal(next(keys), (v, d)) * 0.5,
+      "pos": jax.random.normal(next(keys), (s, d)) * 0.1,
+      "out": dense(next(keys), d, v),
+      "blocks": [],
+    }
+    for _ in range(self.sizes["layers"]):
+      params["blocks"].append(
+        {
+          "ln1": jnp.ones((d,)),
+          "ln2": jnp.ones((d,)),
+          "qkv": dense(next(keys), d, 3 * d),
+          "proj": dense(next(keys), d, d),
+          "up": dense(next(keys), d, 4 * d),
+          "down": dense(next(keys), 4 * d, d),
+        }
+      )
+    return params
+
+  def logits(self, params: Any, tokens: jax.Array) -> jax.Array:
+    params = as_float32(params)
+    n, t = tokens.shape
+    d, heads = self.sizes["d"], self.sizes["heads"]
+    h = params["embed"][tokens] + params["pos"][:t]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+
+    def norm(x: jax.Array, g: jax.Array) -> jax.Array:
+      mean = x.mean(-1, keepdims=True)
+      return g * (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+
+    for blk in params["blocks"]:
+      x = norm(h, blk["ln1"])
+      qkv = x @ blk["qkv"]["w"] + blk["qkv"]["b"]
+      q, k, v = jnp.split(qkv.reshape(n, t, 3 * heads, d // heads), 3, axis=2)
+      att = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(d // heads)
+      att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
+      x = jnp.einsum("nhts,nshd->nthd", att, v).reshape(n, t, d)
+      h = h + x @ blk["proj"]["w"] + blk["proj"]["b"]
+      x = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
+      h = h + x @ blk["down"]["w"] + blk["down"]["b"]
+    return h @ params["out"]["w"] + params["out"]["b"]
+
+  def loss(self, params: Any, tokens: jax.Array) -> jax.Array:
+    logits = self.logits(params, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  def batch(self, data: Any, key: jax.Array) -> jax.Array:
+    seq, batch = self.sizes["seq"] + 1, self.sizes["batch"]
+    start = jax.random.randint(key, (batch,), 0, data["train"].shape[0] - seq)
+    return jax.vmap(lambda s: jax.lax.dynamic_slice(data["train"], (s,), (seq,)))(start)
+
+  def eval_loss(self, params: Any, data: Any) -> jax.Array:
+    return self.loss(params, data["eval"])
+
+
+PROBLEMS: dict[str, Callable[[Config, int], Any]] = {"mlp": MLP, "lm": LM}
+
+
+# ----------------------------------------------------------------- quality
+
+
+def _chunk_fn(problem: Any, method: str, every: int) -> Callable[..., Any]:
+  """``every`` train steps and the held-out loss after them, compiled once.
+
+  The learning rate and the data are arguments, so one compilation serves
+  every learning rate and seed. The optimizer is rebuilt from the traced
+  learning rate; stochastic rounding's seed lives in the state (``init``).
+  """
+
+  def step(carry: Any, key: jax.Array, lr: jax.Array, data: Any) -> Any:
+    params, state = carry
+    opt = optimizer(method, lr)
+    grads = jax.grad(problem.loss)(params, problem.batch(data, key))
+    updates, state = opt.update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  def chunk(carry: Any, keys: jax.Array, lr: jax.Array, data: Any) -> Any:
+    carry, _ = jax.lax.scan(lambda c, k: step(c, k, lr, data), carry, keys)
+    return carry, problem.eval_loss(carry[0], data)
+
+  return jax.jit(chunk, donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """What one problem and method compile once: the chunk and the evaluation."""
+
+  chunk: Callable[..., Any]
+  evaluate: Callable[..., Any]
+  every: int
+
+
+def train(
+  problem: Any,
+  fns: Compiled,
+  method: str,
+  lr: float,
+  seed: int,
+  params32: Any,
+  steps: int,
+) -> list[float]:
+  """Held-out loss at step 0 and after every ``fns.every`` steps."""
+  dtype = param_dtype(method)
+  params = jax.tree.map(lambda p: jnp.array(p, dtype), params32)  # a copy: donated
+  carry = (params, init_state(method, lr, seed, params))
+  keys = jax.random.split(jax.random.key(50_000 + seed), steps)
+  losses = [float(fns.evaluate(params, problem.data))]
+  for i in range(0, steps, fns.every):
+    batch_keys = keys[i : i + fns.every]
+    carry, loss = fns.chunk(carry, batch_keys, jnp.float32(lr), problem.data)
+    losses.append(float(loss))
+  return losses
+
+
+def quality(cfg: Config, log: Callable[[str], None]) -> list[dict[str, Any]]:
+  """Curves, final losses and ratios to float32 for every problem and lr."""
+  rows = []
+  for name, make in PROBLEMS.items():
+    steps = cfg.mlp_steps if name == "mlp" else cfg.lm_steps
+    problems = [make(cfg, seed) for seed in range(cfg.seeds)]
+    init = jax.jit(problems[0].init)
+    starts = [init(jax.random.key(seed)) for seed in range(cfg.seeds)]
+    evaluate = jax.jit(problems[0].eval_loss)
+    fns = {
+      m: Compiled(_chunk_fn(problems[0], m, cfg.every), evaluate, cfg.every)
+      for m in METHODS
+    }
+    for lr in cfg.learning_rates:
+      curves: dict[str, list[list[float]]] = {m: [] for m in METHODS}
+      for seed, problem in enumerate(problems):
+        for m in METHODS:
+          t0 = time.perf_counter()
+          curve = train(problem, fns[m], m, lr, seed, starts[seed], steps)
+          curves[m].append(curve)
+          log(
+            f"  {name} lr={lr:g} seed {seed} {m:10s} held-out {curve[-1]:.4f} "
+            f"({time.perf_counter() - t0:.1f} s)"
+          )
+      rows.append(quality_row(name, lr, steps, cfg.every, curves))
+  return rows
+
+
+def quality_row(
+  name: str, lr: float, steps: int, every: int, curves: dict[str, list[list[float]]]
+) -> dict[str, Any]:
+  """One problem and lr: each method's curves, finals and ratio to float32."""
+  ref = [c[-1] for c in curves["float32"]]
+  methods = {}
+  for m, runs in curves.items():
+    final = [c[-1] for c in runs]
+    methods[m] = {
+      "curves": runs,
+      "final": final,
+      "relative": float(np.mean(final) / np.mean(ref)),
+      "relative_per_seed": [f / r for f, r in zip(final, ref, strict=True)],
+    }
+  return {"problem": name, "lr": lr, "steps": steps, "every": every, "methods": methods}
+
+
+# ----------------------------------------------------------------- speed, memory
+
+
+def speed(cfg: Config) -> dict[str, Any]:
+  """Median ms of each method's donated train step, interleaved."""
+  shapes = cfg.speed_tree
+  runners = {}
+  for m in METHODS:
+    dtype = param_dtype(m)
+    params = cast(trees.materialise(shapes, 0.5), dtype)
+    grads = cast(trees.materialise(shapes, 1e-3), dtype)
+    opt = optimizer(m, 1e-3)
+    runners[m] = Loop(
+      train_step(opt), (params, init_state(m, 1e-3, 0, params)), (grads,)
+    )
+  times = measure(runners, cfg.timing)
+  base = times["bfloat16"]["median_ms"]
+  return {
+    "params": trees.count(shapes),
+    "leaves": len(shapes),
+    "times": times,
+    "vs_bfloat16": {m: times[m]["median_ms"] / base for m in METHODS},
+  }
+
+
+# Parameter dtype, method, RMSProp state dtype; "master" keeps a float32 copy.
+MEMORY_ROWS: dict[str, tuple[str, Any]] = {
+  "float32 params, float32 nu": ("float32", None),
+  "bfloat16 params + float32 master copy, float32 nu": ("master", None),
+  "bfloat16 params (plain rounding), float32 nu": ("bfloat16", None),
+  "bfloat16 params + Kahan, bfloat16 nu": ("kahan", jnp.bfloat16),
+  "bfloat16 params + Kahan, 8-bit nu": ("kahan", jnp.float8_e4m3fn),
+  "bfloat16 params + stochastic, bfloat16 nu": ("stochastic", jnp.bfloat16),
+  "bfloat16 params + stochastic, 8-bit nu": ("stochastic", jnp.float8_e4m3fn),
+}
+
+
+def nbytes(tree: Any) -> int:
+  return sum(int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def memory(cfg: Config) -> dict[str, Any]:
+  """Bytes of parameters + optimizer state per parameter, from real arrays."""
+  shapes = cfg.speed_tree
+  params32 = trees.materialise(shapes, 0.5)
+  n = sum(int(p.size) for p in jax.tree.leaves(params32))
+  rows = []
+  for name, (method, state_dtype) in MEMORY_ROWS.items():
+    if method == "master":  # what mixed precision keeps: bf16 copy, f32 master
+      params = cast(params32, jnp.bfloat16)
+      state = (params32, init_state("float32", 1e-3, 0, params32))
+    else:
+      params = cast(params32, param_dtype(method))
+      state = init_state(method, 1e-3, 0, params, state_dtype=state_dtype)
+    p_bytes, s_bytes = nbytes(params), nbytes(state)
+    rows.append(
+      {
+        "name": name,
+        "params_bytes": p_bytes,
+        "state_bytes": s_bytes,
+        "bytes_per_param": (p_bytes + s_bytes) / n,
+      }
+    )
+  return {"params": n, "leaves": len(shapes), "rows": rows}
+
+
+# ----------------------------------------------------------------- report
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+  out = []
+  for row in result["quality"]:
+    for m, bound in QUALITY_TARGETS.items():
+      value = row["methods"][m]["relative"]
+      out.append(
+        {
+          "name": f"{row['problem']} lr={row['lr']:g}: {m} <= {bound}x float32",
+          "value": value,
+          "pass": value <= bound,
+        }
+      )
+  for m in ("kahan", "stochastic"):
+    value = result["speed"]["vs_bfloat16"][m]
+    out.append(
+      {
+        "name": f"step time: {m} <= {STEP_TIME_TARGET}x plain bfloat16",
+        "value": value,
+        "pass": value <= STEP_TIME_TARGET,
+      }
+    )
+  return out
+
+
+def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def quality_table(result: dict[str, Any]) -> str:
+  rows = []
+  for row in result["quality"]:
+    ms = row["methods"]
+    cells = [
+      {"mlp": "MLP", "lm": "LM"}[row["problem"]],
+      f"{row['lr']:g}",
+      f"{np.mean(ms['float32']['final']):.4f}",
+    ]
+    for m in METHODS[1:]:
+      worst = max(ms[m]["relative_per_seed"])
+      cells.append(f"{ms[m]['relative']:.3f}× (≤ {worst:.3f}×)")
+    rows.append(cells)
+  return _markdown(
+    ["problem", "lr", "float32: held-out loss", "bfloat16", "Kahan", "stochastic"],
+    rows,
+  )
+
+
+def speed_table(result: dict[str, Any]) -> str:
+  sp = result["speed"]
+  rows = [
+    [m, f"{sp['times'][m]['median_ms']:.2f}", f"{sp['vs_bfloat16'][m]:.2f}×"]
+    for m in METHODS
+  ]
+  return _markdown(["parameters", "ms per step (median)", "vs bfloat16"], rows)
+
+
+def memory_table(result: dict[str, Any]) -> str:
+  mem = result["memory"]
+  n = mem["params"]
+  rows = [
+    [
+      r["name"],
+      f"{r['params_bytes'] / n:.2f}",
+      f"{r['state_bytes'] / n:.2f}",
+      f"**{r['bytes_per_param']:.2f}**",
+    ]
+    for r in mem["rows"]
+  ]
+  return _markdown(["parameters and state", "params", "state", "bytes / param"], rows)
+
+
+def report(result: dict[str, Any]) -> str:
+  """The Markdown tables docs/low_precision.md quotes, and the verdicts."""
+  lines = [
+    "Held-out loss relative to float32 parameters (mean over seeds; worst seed):",
+    "",
+    quality_table(result),
+    "",
+    f"Jitted, donated train step, {result['speed']['params'] / 1e6:.2f}M parameters:",
+    "",
+    speed_table(result),
+    "",
+    f"Parameters + optimizer state, {result['memory']['params'] / 1e6:.2f}M parameters:",
+    "",
+    memory_table(result),
+    "",
+  ]
+  for t in result["targets"]:
+    lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']:.3f}")
+  return "\n".join(lines)
+
+
+STYLES = {
+  "float32": ("black", "-"),
+  "bfloat16": ("tab:red", ":"),
+  "kahan": ("tab:blue", "--"),
+  "stochastic": ("tab:orange", "-."),
+}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+  """Held-out loss curves: a row per problem, a column per learning rate."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = result["quality"]
+  problems = list(dict.fromkeys(r["problem"] for r in rows))
+  lrs = list(dict.fromkeys(r["lr"] for r in rows))
+  fig, axes = plt.subplots(
+    len(problems),
+    len(lrs),
+    figsize=(5.5 * len(lrs), 3.8 * len(problems)),
+    squeeze=False,
+  )
+  for row in rows:
+    ax = axes[problems.index(row["problem"])][lrs.index(row["lr"])]
+    for m, res in row["methods"].items():
+      runs = np.asarray(res["curves"])
+      x = np.arange(runs.shape[1]) * row["every"]
+      color, ls = STYLES[m]
+      label = f"{m} ({res['relative']:.3f}×)" if m != "float32" else m
+      ax.plot(x, runs.mean(0), color=color, ls=ls, label=label)
+      ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.12)
+    title = PROBLEMS[row["problem"]].title  # type: ignore[attr-defined]
+    ax.set_title(f"{title}\nlr={row['lr']:g}", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  seeds = len(rows[0]["methods"]["float32"]["final"])
+  fig.suptitle(
+    f"RMSProp with bfloat16 parameters vs float32 ({seeds} seeds: mean, min-max band)"
+  )
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+
+
+def machine_slug(info: dict[str, Any]) -> str:
+  """``cpu-<model>-<n>core`` on a CPU, the device kind elsewhere."""
+  if info["backend"] != "cpu":
+    return slugify(jax.devices()[0].device_kind)
+  model = info["cpu"]
+  for noise in ("(R)", "(TM)", "Processor", "CPU"):
+    model = model.replace(noise, " ")
+  model = model.split("@")[0]
+  return f"cpu-{slugify(model)}-{info['cores']}core"
+
+
+def run(cfg: Config, quick: bool) -> dict[str, Any]:
+  t0 = time.perf_counter()
+  info = machine()
+  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  result: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "machine": info}
+  result["slug"] = machine_slug(info)
+  result["config"] = {
+    "seeds": cfg.seeds,
+    "learning_rates": list(cfg.learning_rates),
+    "mlp_steps": cfg.mlp_steps,
+    "lm_steps": cfg.lm_steps,
+    "every": cfg.every,
+    "lm": cfg.lm,
+    "optimizer": "rmsprop_jax.rmsprop(lr) (decay 0.9, eps 1e-8)",
+  }
+  log("memory ...")
+  result["memory"] = memory(cfg)
+  log("speed ...")
+  result["speed"] = speed(cfg)
+  log("quality ...")
+  result["quality"] = quality(cfg, log)
+  result["targets"] = targets(result)
+  result["seconds"] = time.perf_counter() - t0
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+  parser.add_argument("--out", type=Path, default=RESULTS, help="JSON folder")
+  parser.add_argument("--figures", type=Path, help="draw low_precision.png here")
+  parser.add_argument("--report", type=Path, help="print a stored JSON's tables")
+  args = parser.parse_args(argv)
+  if args.report is not None:
+    result = json.loads(args.report.read_text())
+  else:
+    result = run(quick_config() if args.quick else full_config(), args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"low-precision-{result['slug']}{'-quick' if args.quick else ''}.json"
+    (args.out / name).write_text(json.dumps(result, indent=1))
+    print(f"wrote {os.path.normpath(args.out / name)} ({result['seconds']:.0f} s)")
+  if args.figures is not None:
+    plot(result, args.figures / "low_precision.png")
+  print(report(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
