@@ -24,7 +24,7 @@ from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 from jax.typing import DTypeLike
 
-from rmsprop_jax import _compile, _rule, _storage
+from rmsprop_jax import _compile, _low_precision, _rule, _storage
 from rmsprop_jax import _validation as v
 
 
@@ -304,6 +304,7 @@ def _transformation(
 
   def init_fn(params: optax.Params) -> optax.OptState:
     v.check_param_leaves(params)
+    _low_precision.warn_if_low_precision(params)
     params = jax.tree.map(_storage.as_array, params)  # Python numbers too
     lazy = _flags(config.lazy_rows, params, "lazy_rows", ())
     quantizable = [
