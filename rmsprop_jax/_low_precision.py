@@ -169,7 +169,8 @@ def round_nearest(x: jax.Array, dtype: Any) -> jax.Array:
     return y
   tiny = jnp.asarray(info.smallest_subnormal, x.dtype)
   subnormal = jnp.round(x / tiny) * tiny  # a power of two: exact scaling
-  return jnp.where(jnp.abs(x) < info.smallest_normal, subnormal, y)
+  smallest_normal = jnp.asarray(info.smallest_normal, x.dtype)
+  return jnp.where(jnp.abs(x) < smallest_normal, subnormal, y)
 
 
 def _pow2(exponent: jax.Array, dtype: Any) -> jax.Array:
@@ -253,7 +254,8 @@ def element_bits(shape: tuple[int, ...], word: jax.Array) -> jax.Array:
 
 
 def _compute_dtype(update: jax.Array) -> jnp.dtype:
-  return jnp.promote_types(jnp.float32, update.dtype)
+  """float32, or the update's own dtype where it is wider (float64)."""
+  return _storage.compute_dtype(update.dtype, None)
 
 
 def _step_to(new: jax.Array, p: jax.Array, update: jax.Array) -> jax.Array:

@@ -337,7 +337,8 @@ def test_half_precision_gradients_accumulate_in_float32(dtype):
   params = jnp.zeros(4, dtype)
   g = jnp.full(4, 300.0, dtype)
   tx = rmsprop_jax.rmsprop(0.01)
-  state = tx.init(params)
+  with pytest.warns(UserWarning, match="Low-precision params"):
+    state = tx.init(params)
   assert state.nu.dtype == jnp.float32
   updates, state = tx.update(g, state, params)
   assert updates.dtype == dtype

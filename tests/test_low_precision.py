@@ -124,6 +124,7 @@ def _representable(x32: np.ndarray, dtype: Any) -> np.ndarray:
   return x32.astype(dtype).astype(np.float32) == x32
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 @JIT
 @UPDATE_DTYPES
 @pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
@@ -168,6 +169,7 @@ def test_kahan_update_lands_exactly_on_the_rounded_compensated_sum(
     assert np.all(np.abs(np.asarray(second, np.float64) - new64) <= _ulp(new, dtype))
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 @JIT
 @UPDATE_DTYPES
 @pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
@@ -199,6 +201,7 @@ def test_stochastic_update_lands_exactly_on_a_neighbour_of_the_sum(
   assert 0.1 < np.mean(landed[between] == hi[between]) < 0.9  # both directions
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_kahan_overflow_lands_on_infinity_and_keeps_a_finite_compensation():
   p = jnp.asarray([60000.0, 1.0], jnp.float16)
   opt = _identity_wrapped()
@@ -209,6 +212,7 @@ def test_kahan_overflow_lands_on_infinity_and_keeps_a_finite_compensation():
   assert np.asarray(state.compensation)[1] != 0
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 @JIT
 def test_compensation_survives_jit_nonzero_and_exactly_what_rounding_lost(jit):
   # 1 + 1e-3 is below half of bfloat16's gap above 1 (2**-8): the parameter
@@ -361,6 +365,7 @@ def test_compensation_is_placed_like_its_parameter():
 # ------------------------------------------------------------ stochastic rounding
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 @pytest.mark.parametrize(
   ("dtype", "start", "frac"),
   [
@@ -388,6 +393,7 @@ def test_stochastic_rounding_is_unbiased(dtype, start, frac):
   assert set(np.unique(landed)) == {start + np.floor(frac) * gap, start + gap}
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_stochastic_rounding_is_unbiased_over_steps_of_one_element():
   p = jnp.ones((8,), jnp.bfloat16)
   opt = _identity_wrapped("stochastic", seed=11)
@@ -418,6 +424,7 @@ def _stochastic_run(seed: int, jit: bool) -> list[np.ndarray]:
   return out
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_stochastic_rounding_is_reproducible_for_a_seed_and_differs_across_seeds():
   first = _stochastic_run(0, jit=True)
   for a, b in zip(first, _stochastic_run(0, jit=False), strict=True):
@@ -432,6 +439,7 @@ def test_stochastic_rounding_is_reproducible_for_a_seed_and_differs_across_seeds
 # ------------------------------------------------------------ training
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_kahan_keeps_a_thousand_tiny_steps_that_plain_bfloat16_loses():
   params = jnp.ones((4,), jnp.bfloat16)
   grads = -jnp.ones((4,), jnp.bfloat16)
@@ -716,10 +724,6 @@ def test_float32_params_and_wrapped_inits_do_not_warn():
     _warning_stand_in().init(params)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="the core's init_fn calls warn_if_low_precision(params) once merged",
-)
 def test_rmsprop_and_presets_warn_on_16_bit_params():
   params = {"w": jnp.ones(3, jnp.bfloat16)}
   for opt in (rmsprop_jax.rmsprop(1e-3), rmsprop_jax.torch_rmsprop()):
@@ -730,6 +734,7 @@ def test_rmsprop_and_presets_warn_on_16_bit_params():
     rmsprop_jax.low_precision_params(rmsprop_jax.rmsprop(1e-3)).init(params)
 
 
+@pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_docstring_examples():
   result = doctest.testmod(_low_precision, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0

@@ -156,7 +156,7 @@ def test_finite_differences_of_both_routes_agree():
 def test_initial_scale_and_schedule_parameters_through_a_closure():
   def val_loss(hp: dict[str, jax.Array]) -> jax.Array:
     opt = rmsprop_jax.rmsprop(
-      lambda k: hp["lr0"] * hp["rate"] ** k,
+      lambda k: hp["lr0"] * hp["rate"] ** k.astype(hp["rate"].dtype),
       eps=1e-3,
       momentum=0.5,
       initial_scale=hp["initial_scale"],
