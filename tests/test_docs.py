@@ -11,6 +11,9 @@ JSON file each page names) and the error messages of ``docs/errors.md``.
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -19,11 +22,14 @@ import pathlib
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import rmsprop_jax
@@ -656,3 +662,288 @@ def test_performance_tables_are_those_of_the_run():
   text = " ".join(page.read_text().split())
   missing = [row for row in rows if " ".join(row.split()) not in text]
   assert not missing, "docs/performance.md lacks the rows\n" + "\n".join(missing)
+
+
+# ------------------------------------------------------------ docs/errors.md
+
+PARAMS = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+TORCH_GROUP = {
+  "params": [0],
+  "lr": 1e-2,
+  "alpha": 0.99,
+  "eps": 1e-8,
+  "weight_decay": 0.0,
+  "momentum": 0.0,
+  "centered": False,
+}
+
+
+def _update(opt: optax.GradientTransformation, grads: Any = PARAMS, **kw: Any) -> Any:
+  return opt.update(grads, opt.init(PARAMS), PARAMS, **kw)
+
+
+def _injected(**kwargs: Any) -> Callable[[], Any]:
+  def provoke() -> Any:
+    opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(**kwargs)
+    return jax.jit(opt.update)(PARAMS, opt.init(PARAMS), PARAMS)
+
+  return provoke
+
+
+@contextlib.contextmanager
+def _keras_optimizer(built: bool = True, **kwargs: Any) -> Iterator[Any]:
+  """A Keras 3 RMSprop (JAX backend) on a (3, 2) kernel and a bias."""
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  keras = pytest.importorskip("keras")
+  # Keras' own code relies on JAX's standard dtype promotion.
+  with jax.numpy_dtype_promotion("standard"):
+    optimizer = keras.optimizers.RMSprop(**kwargs)
+    if built:
+      optimizer.build(
+        [
+          keras.Variable(np.ones((3, 2), "float32")),
+          keras.Variable(np.zeros(2, "float32")),
+        ]
+      )
+    yield optimizer
+
+
+def _from_keras(
+  params: list[Any], built: bool = True, optimizer: Any = None, **kwargs: Any
+) -> Callable[[], Any]:
+  def provoke() -> Any:
+    with _keras_optimizer(built, **kwargs) as keras_optimizer:
+      return rmsprop_jax.from_keras(optimizer or keras_optimizer, params)
+
+  return provoke
+
+
+def _to_keras(state: Any, **kwargs: Any) -> Callable[[], Any]:
+  def provoke() -> Any:
+    with _keras_optimizer(momentum=0.9) as optimizer:
+      return rmsprop_jax.to_keras(state, optimizer, **kwargs)
+
+  return provoke
+
+
+def _lazy_rows_on_eight_bit_state_of_another_optimizer() -> Any:
+  table = {"t": jnp.ones(8192)}
+  state = rmsprop_jax.rmsprop(1e-3, state_dtype=jnp.float8_e4m3fn).init(table)
+  opt = rmsprop_jax.rmsprop(1e-3, state_dtype=jnp.float8_e4m3fn, lazy_rows=True)
+  return opt.update(table, state, table)
+
+
+QUANTIZED = rmsprop_jax.rmsprop(1e-3, state_dtype=jnp.float8_e4m3fn).init(
+  {"w": jnp.ones((64, 256))}
+)
+PLAIN_STATE = rmsprop_jax.rmsprop(1e-3).init(PARAMS)
+KERAS_PARAMS = [jnp.ones((3, 2)), jnp.zeros(2)]
+
+
+def _step(grads: Any = PARAMS, state: Any = None, **kwargs: Any) -> Callable[[], Any]:
+  """One update of ``rmsprop(**kwargs)`` (a fresh state unless ``state``)."""
+
+  def provoke() -> Any:
+    opt = rmsprop_jax.rmsprop(**kwargs)
+    return opt.update(grads, opt.init(PARAMS) if state is None else state, PARAMS)
+
+  return provoke
+
+
+def _torch_state_dict(
+  groups: list[dict[str, Any]], state: Any = None
+) -> dict[str, Any]:
+  return {"state": state or {}, "param_groups": groups}
+
+
+_build = functools.partial(functools.partial, rmsprop_jax.rmsprop)
+_from_torch = functools.partial(functools.partial, rmsprop_jax.from_torch)
+_to_optax = functools.partial(functools.partial, rmsprop_jax.to_optax)
+WRONG_SHAPE = {"w": jnp.ones((4, 3)), "b": jnp.zeros(4)}
+INT_GRADS = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4, jnp.int32)}
+ADAM_STATE = optax.adam(1e-3).init(PARAMS)
+ONE = [jnp.ones(3)]
+
+# What provokes each row of docs/errors.md, keyed by the message as the page
+# writes it. A row without an entry here, or an entry whose message no longer
+# opens as written, fails test_every_error_row_is_provoked.
+PROVOKE: dict[str, Callable[[], Any]] = {
+  # Building the optimizer.
+  "ValueError: learning_rate must satisfy learning_rate >= 0": _build(-1.0),
+  "ValueError: learning_rate must be a non-negative number or an optax schedule; "
+  "got learning_rate=None": _build(None),
+  "ValueError: decay must satisfy 0 <= decay < 1": _build(1e-3, decay=1.0),
+  "ValueError: eps must satisfy eps >= 0": _build(1e-3, eps=-1.0),
+  "ValueError: momentum must satisfy 0 <= momentum < 1, or None": _build(
+    1e-3, momentum=1.5
+  ),
+  "ValueError: nesterov=True needs momentum": _build(1e-3, nesterov=True),
+  "ValueError: learning_rate must be a scalar": _build(jnp.ones(3)),
+  "TypeError: learning_rate must be a real number": _build("0.1"),
+  "TypeError: decay must be a real number (0 <= decay < 1); got None": _build(
+    1e-3, decay=None
+  ),
+  "TypeError: centered must be True or False": _injected(
+    learning_rate=1e-3, centered=jnp.array(True)
+  ),
+  "ValueError: state_dtype must be None or a floating dtype": _build(
+    1e-3, state_dtype=jnp.int8
+  ),
+  "TypeError: state_dtype must be a dtype such as jnp.bfloat16; got an array": (
+    _injected(learning_rate=1e-3, state_dtype=jnp.bfloat16)
+  ),
+  "TypeError: rmsprop() takes from 1 to 3 positional arguments but 4 were given": (
+    _build(1e-3, 0.9, 1e-8, 0.0)
+  ),
+  "UserWarning: centered=True with state_dtype=bfloat16 ...": _build(
+    1e-3, centered=True, state_dtype=jnp.bfloat16
+  ),
+  # init and update.
+  "TypeError: params['layer']['count'] has dtype int32": functools.partial(
+    rmsprop_jax.rmsprop(1e-3).init, {"layer": {"count": jnp.int32(0)}}
+  ),
+  "TypeError: updates['b'] has dtype int32": _step(INT_GRADS, learning_rate=1e-3),
+  "ValueError: learning_rate must be a real scalar, but the learning-rate "
+  "schedule's value has shape (3,)": _step(learning_rate=lambda k: jnp.full(3, 1e-3)),
+  "TypeError: learning_rate must be a real scalar, but the learning-rate "
+  "schedule's value is None": _step(learning_rate=lambda k: None),
+  "ValueError: state.nu does not have the structure of updates": _step(
+    {"w": PARAMS["w"]}, PLAIN_STATE, learning_rate=1e-3
+  ),
+  "ValueError: Shape mismatch at updates['w']: updates has shape (4, 3) but "
+  "state.nu has shape (3, 4)": _step(WRONG_SHAPE, PLAIN_STATE, learning_rate=1e-3),
+  "ValueError: state.mu is None but centered is enabled": _step(
+    state=PLAIN_STATE, learning_rate=1e-3, centered=True
+  ),
+  "ValueError: weight_decay is enabled, so update needs params": functools.partial(
+    rmsprop_jax.rmsprop(1e-3, weight_decay=1e-4).update, PARAMS, PLAIN_STATE
+  ),
+  "TypeError: state must be the RMSPropState returned by init": _step(
+    state=ADAM_STATE, learning_rate=1e-3
+  ),
+  "ValueError: weight_decay_mask must be a pytree of bools with the structure of "
+  "params": _step(learning_rate=1e-3, weight_decay=1e-4, weight_decay_mask={"x": True}),
+  "TypeError: weight_decay_mask['w'] must be a Python bool": _step(
+    learning_rate=1e-3,
+    weight_decay=1e-4,
+    weight_decay_mask={"w": jnp.array(True), "b": False},
+  ),
+  "ValueError: lazy_rows marks a 1-D leaf of shape (8192,) whose state is "
+  "block-quantized": _lazy_rows_on_eight_bit_state_of_another_optimizer,
+  "UserWarning: Low-precision params: params['w'] (bfloat16) round every "
+  "update": functools.partial(
+    rmsprop_jax.rmsprop(1e-3).init, {"w": jnp.ones(3, jnp.bfloat16)}
+  ),
+  # Moving a run between libraries.
+  "TypeError: state_dict must be torch_optimizer.state_dict()": _from_torch([], ONE),
+  "ValueError: param_groups[0] has no ['alpha', 'eps', 'weight_decay']": _from_torch(
+    _torch_state_dict([{"params": [0], "lr": 1e-3, "betas": (0.9, 0.999)}]), ONE
+  ),
+  "ValueError: the state_dict's param_groups hold 2 parameters but params has 1 "
+  "leaves": _from_torch(_torch_state_dict([{**TORCH_GROUP, "params": [0, 1]}]), ONE),
+  "ValueError: state[0] has no ['square_avg']": _from_torch(
+    _torch_state_dict([TORCH_GROUP], {0: {"step": 1.0}}), ONE
+  ),
+  "TypeError: params[0] is complex (complex64)": _from_torch(
+    _torch_state_dict([TORCH_GROUP]), [jnp.ones(3, jnp.complex64)]
+  ),
+  "ValueError: state.count is None ... but PyTorch stores the number of steps "
+  "taken": functools.partial(rmsprop_jax.to_torch, PLAIN_STATE),
+  "TypeError: state must be an RMSPropState (the state of torch_rmsprop)": (
+    functools.partial(rmsprop_jax.to_torch, ADAM_STATE, step=1)
+  ),
+  "TypeError: state.nu is block-quantized (float8_e4m3fn state)": functools.partial(
+    rmsprop_jax.to_torch, QUANTIZED, step=1
+  ),
+  "TypeError: from_keras takes a keras.optimizers.RMSprop (Keras 3)": _from_keras(
+    KERAS_PARAMS, optimizer=object()
+  ),
+  "ValueError: the optimizer is not built": _from_keras(KERAS_PARAMS, built=False),
+  "ValueError: params[0] has shape (2, 3) but the optimizer's variable 0": (
+    _from_keras([jnp.ones((2, 3)), jnp.zeros(2)])
+  ),
+  "ValueError: the optimizer has use_ema=True": _from_keras(KERAS_PARAMS, use_ema=True),
+  "ValueError: state.count is None ... but Keras stores the number of steps "
+  "taken": _to_keras(rmsprop_jax.rmsprop(1e-3, momentum=0.9).init(KERAS_PARAMS)),
+  "TypeError: to_keras takes an RMSPropState": _to_keras({"nu": 1}, iterations=3),
+  "TypeError: optax_state must be the state of optax.rmsprop": functools.partial(
+    rmsprop_jax.from_optax, ADAM_STATE
+  ),
+  "ValueError: template is centred (ScaleByRStdDevState) but state.mu is None": (
+    _to_optax(PLAIN_STATE, optax.rmsprop(1e-3, centered=True).init(PARAMS))
+  ),
+  "TypeError: state must be an RMSPropState (the state of rmsprop_jax.rmsprop; "
+  "the arguments are to_optax(state, template))": _to_optax(
+    {"a": 1}, optax.rmsprop(1e-3).init(PARAMS)
+  ),
+}
+
+
+def _error_rows() -> list[str]:
+  page = (DOCS / "errors.md").read_text()
+  return re.findall(r"^\| `((?:\w+Error|\w*Warning): [^`]+)` \|", page, re.M)
+
+
+def test_every_error_row_has_a_case_and_every_case_a_row():
+  rows = _error_rows()
+  assert len(rows) == len(set(rows)) >= 40
+  assert set(rows) == set(PROVOKE)
+
+
+@pytest.mark.parametrize("row", _error_rows())
+def test_every_error_row_is_provoked(row: str) -> None:
+  name, message = row.split(": ", 1)
+  # "..." on the page stands for the part of the message that names the value.
+  pattern = ".*?".join(re.escape(part.strip()) for part in message.split("..."))
+  category = getattr(builtins, name)
+  if issubclass(category, Warning):
+    with pytest.warns(category, match=f"^{pattern}"):
+      PROVOKE[row]()
+  else:
+    with pytest.raises(category) as caught:
+      PROVOKE[row]()
+    assert re.match(pattern, str(caught.value), re.S), (
+      f"the page shows\n  {message}\nbut the message is\n  {caught.value}"
+    )
+
+
+# What the page lists as not checked is indeed let through, as it says.
+
+
+def test_a_schedules_negative_value_is_used_as_it_is():
+  (updates, _), (ascent, _) = (
+    _update(rmsprop_jax.rmsprop(lr)) for lr in (1e-3, lambda k: jnp.float32(-1e-3))
+  )
+  np.testing.assert_array_equal(ascent["w"], -updates["w"])
+
+
+def test_a_traced_learning_rate_is_not_range_checked():
+  update = jax.jit(lambda lr: _update(rmsprop_jax.rmsprop(lr))[0])
+  assert float(update(-1e-3)["w"][0, 0]) == -float(update(1e-3)["w"][0, 0]) > 0
+
+
+def test_non_finite_gradients_propagate_into_the_update():
+  grads = {"w": jnp.full((3, 4), jnp.nan), "b": jnp.zeros(4)}
+  updates, _ = _update(rmsprop_jax.rmsprop(1e-3), grads)
+  assert bool(jnp.isnan(updates["w"]).all()) and bool(jnp.isfinite(updates["b"]).all())
+
+
+def test_injected_callable_mask_returning_a_bool_masks_every_leaf():
+  def mask(params: Any) -> Any:
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+  injected = optax.inject_hyperparams(rmsprop_jax.rmsprop)(
+    learning_rate=1e-2,
+    weight_decay=0.5,
+    decoupled_weight_decay=True,
+    weight_decay_mask=mask,
+  )
+  got, _ = injected.update(PARAMS, injected.init(PARAMS), PARAMS)
+  # optax called the mask with the scalar step count, so it returned False,
+  # which masks out every leaf: the matrix the mask meant to decay does not.
+  kept = {"learning_rate": 1e-2, "weight_decay": 0.5, "decoupled_weight_decay": True}
+  (none, _), (meant, _) = (
+    _update(rmsprop_jax.rmsprop(**kept, weight_decay_mask=m)) for m in (False, mask)
+  )
+  np.testing.assert_allclose(got["w"], none["w"], rtol=1e-6)
+  assert not np.allclose(got["w"], meant["w"], rtol=1e-3)
