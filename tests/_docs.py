@@ -127,7 +127,7 @@ def blocks(page: pathlib.Path) -> list[Block]:
     markers = {marker.group(1): marker.group(2)} if marker else {}
     # A block inside a list item is indented with the item's text.
     code = "".join(line[indent:] + "\n" for line in lines[start:end])
-    between = lines[last_end + 1 : i - 1 if marker else i] if last_end else None
+    between = None if last_end is None else lines[last_end + 1 : i - 1 if marker else i]
     follows = between is not None and all(not line.strip() for line in between)
     out.append(Block(info, code, start + 1, markers, follows))
     last_end = end
