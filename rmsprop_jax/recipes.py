@@ -209,6 +209,14 @@ def dqn_dopamine(
   ``tf.reduce_mean`` of the Huber loss over the batch (not a sum as in the Lua
   code).
 
+  This is the TensorFlow agent (``dopamine/agents/dqn``). Dopamine's JAX agent
+  (``dopamine/jax/agents/dqn``) trains with Adam by default (``dqn.gin``:
+  ``JaxDQNAgent.optimizer = 'adam'``, learning rate 6.25e-5, eps 1.5e-4), and
+  its ``'rmsprop'`` option is ``optax.rmsprop(learning_rate, decay=0.999,
+  eps=1.5e-4, centered=False)`` (``create_optimizer``, with ``beta2`` as the
+  decay): not centred, the mean square starting at zero. That optimizer is
+  ``rmsprop_jax.rmsprop(6.25e-5, decay=0.999, eps=1.5e-4)``, not this recipe.
+
   Args:
     learning_rate: ``learning_rate``.
     decay: ``decay`` of both averages.
@@ -232,7 +240,9 @@ def dqn_dopamine(
     - google/dopamine: ``dopamine/agents/dqn/dqn_agent.py`` (@ 9e8c66a, lines
       96-101, the ``optimizer=`` default); ``dopamine/agents/dqn/configs/dqn.gin``
       (@ 1ff6ee2, lines 21-25); ``.../configs/dqn_nature.gin`` (@ 31799e9,
-      lines 19-23).
+      lines 19-23). The JAX agent: ``dopamine/jax/agents/dqn/dqn_agent.py``
+      (@ 016f4b3, ``create_optimizer``) and
+      ``dopamine/jax/agents/dqn/configs/dqn.gin`` (@ 9f616b9).
   """
   return tf1_rmsprop(
     learning_rate, decay=decay, momentum=0.0, epsilon=epsilon, centered=True
@@ -312,6 +322,12 @@ def impala(
   ``num_action_repeats=4`` (lines 64-65); the README's DMLab-30 learner uses
   ``learning_rate=0.00031866995608948655`` and
   ``total_environment_frames=10000000000``. The code does not clip gradients.
+
+  The paper fixes no single :math:`\epsilon`: its experiments sweep "the
+  weighting of entropy regularisation, the learning rate and the RMSProp
+  epsilon", 24 combinations drawn from ranges given in its appendix. So
+  :math:`\epsilon = 0.1` is the released code's flag default, which both of
+  the README's commands keep; this recipe follows the code.
 
   Other IMPALA implementations use other numbers: TorchBeast, as quoted in
   optax issue #532, calls ``torch.optim.RMSprop(lr=0.0006, momentum=0,

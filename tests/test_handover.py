@@ -32,6 +32,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests import _docs
 from tests._compat import enable_x64
 from tests._wrappers import WRAPPERS
 from tests.reference import drivers, loader
@@ -941,37 +942,18 @@ def test_to_keras_layout_mismatches_are_named_and_change_nothing() -> None:
 DOCS = pathlib.Path(__file__).parents[1] / "docs" / "handover.md"
 
 
-def doc_blocks(fence: str) -> list[str]:
-  """The page's code blocks opened by ``fence``, in order.
-
-  ```` ```python ```` blocks run anywhere (Keras, JAX); the PyTorch examples
-  are ```` ```{code-block} python ```` blocks, run where torch is installed.
-  """
-  return re.findall(re.escape(fence) + r"\n(.*?)```", DOCS.read_text(), re.S)
-
-
-def exec_blocks(blocks: list[str], tag: str) -> dict[str, Any]:
-  namespace: dict[str, Any] = {}
-  for i, block in enumerate(blocks):
-    exec(compile(block, f"docs/handover.md:{tag}{i}", "exec"), namespace)
-  return namespace
+def test_docs_keras_examples_continue_the_count_both_ways() -> None:
+  # The page runs as pasted in tests/test_docs.py; here, what it computed.
+  run = _docs.run_page(DOCS).check()
+  back = "rmsprop_jax.to_keras(state, model.optimizer)"
+  assert run.stdout("opt, state = rmsprop_jax.from_keras(") == "25\n"
+  assert int(run.after(back)["state"].count) == 55
+  assert run.stdout(back) == "55 55\n"  # ours, and Keras' iterations
 
 
-def test_docs_keras_examples_run(
-  tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-  with keras_dtype("float32"):
-    monkeypatch.chdir(tmp_path)
-    ns = exec_blocks(doc_blocks("```python"), "python")
-  assert int(ns["state"].count) == 55  # the schedule's count went on, both ways
-  assert ns["model"].optimizer.iterations.value == 55
-
-
-def test_docs_torch_examples_run(
-  tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_docs_torch_examples_continue_the_count_both_ways() -> None:
   pytest.importorskip("torch")
-  monkeypatch.chdir(tmp_path)
-  ns = exec_blocks(doc_blocks("```{code-block} python"), "torch")
-  assert int(ns["state"].count) == 55
-  assert float(ns["optimizer"].state_dict()["state"][0]["step"]) == 55
+  run = _docs.run_page(DOCS).check()
+  back = "rmsprop_jax.to_torch(state)"
+  assert int(run.after(back)["state"].count) == 55
+  assert run.stdout(back) == "55 55\n"  # ours, and torch's step

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import doctest
 import pathlib
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import _low_precision
+from tests import _docs
 from tests._compat import enable_x64
 
 LOW = [jnp.bfloat16, jnp.float16]
@@ -745,14 +745,13 @@ PAGE = pathlib.Path(__file__).parents[1] / "docs" / "low_precision.md"
 
 
 def test_page_examples_run_in_order_and_keep_the_small_steps():
-  blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
-  assert len(blocks) == 2
-  ns: dict[str, Any] = {}
-  exec(compile(blocks[0], "docs/low_precision.md:usage", "exec"), ns)
+  # The page runs as pasted in tests/test_docs.py; here, what it computed.
+  run = _docs.run_page(PAGE).check()
+  ns = run.after("rmsprop_jax.low_precision_params(rmsprop_jax.rmsprop(1e-4))")
   # 100 RMSProp steps of about 1e-4 from 0.5, where plain bfloat16 rounding
   # (half gap 2**-9) keeps none of them.
   assert ns["params"]["w"].dtype == jnp.bfloat16
   assert 0.005 < float(ns["moved"]) < 0.05
-  exec(compile(blocks[1], "docs/low_precision.md:composed", "exec"), ns)
-  assert int(ns["state"].notfinite_count) == 0
-  assert isinstance(ns["state"].inner_state, rmsprop_jax.LowPrecisionState)
+  state = run.after("optax.apply_if_finite(")["state"]
+  assert int(state.notfinite_count) == 0
+  assert isinstance(state.inner_state, rmsprop_jax.LowPrecisionState)
