@@ -449,7 +449,8 @@ def _mask_flag(name: str, path: Sequence[Any], m: Any) -> bool:
       "optax.inject_hyperparams takes a callable for a schedule and passes its "
       f"value on: pass static_args=({name!r},)."
     )
-  raise TypeError(f"{name}{_path_str(path)} must be a Python bool; got {m!r}. {hint}")
+  where = name + jax.tree_util.keystr(tuple(path))  # the name alone at the root
+  raise TypeError(f"{where} must be a Python bool; got {m!r}. {hint}")
 
 
 @dataclasses.dataclass(frozen=True)
