@@ -947,3 +947,47 @@ def test_injected_callable_mask_returning_a_bool_masks_every_leaf():
   )
   np.testing.assert_allclose(got["w"], none["w"], rtol=1e-6)
   assert not np.allclose(got["w"], meant["w"], rtol=1e-3)
+
+
+def test_low_memory_tables_are_those_of_the_run():
+  page = DOCS / "low_memory.md"
+  result = _named_json(page, "low-memory")
+  text = " ".join(page.read_text().split())
+  names = {"float32": "`None` (float32)", "bfloat16": "`jnp.bfloat16`"}
+  memory = {r["state_dtype"]: r for r in result["memory"]}
+  rows = [
+    f"| {names[d]} | {memory[d]['plain']:.2f} | {memory[d]['momentum_centered']:.1f} |"
+    for d in names
+  ]
+  e4, e5 = memory["float8_e4m3fn"], memory["float8_e5m2"]
+  assert (e4["plain"], e4["momentum_centered"]) == (
+    e5["plain"],
+    e5["momentum_centered"],
+  )
+  rows.append(
+    "| `jnp.float8_e4m3fn` / `jnp.float8_e5m2` | "
+    f"**{e4['plain']:.3f}** | {e4['momentum_centered']:.2f} |"
+  )
+  for task in result["parity"].values():
+    finals = {d: [seed[-1] for seed in r["losses"]] for d, r in task["dtypes"].items()}
+    for dtype, losses in finals.items():
+      worst = max(
+        abs(a / b - 1) for a, b in zip(losses, finals["float32"], strict=True)
+      )
+      name = "MLP classifier" if task["name"].startswith("MLP") else "Transformer LM"
+      cell = "—" if dtype == "float32" else f"{100 * worst:.2f} %"
+      rows.append(
+        f"| {name} | {dtype} | {', '.join(f'{x:.4f}' for x in losses)} | {cell} |"
+      )
+  for dtype, r in result["speed"].items():
+    ratios = r["vs_float32"]
+    vs = (
+      "1"
+      if dtype == "float32"
+      else " / ".join(f"{ratios[k]:.2f}×" for k in ("min", "median", "cpu"))
+    )
+    rows.append(
+      f"| {dtype} | {r['min_ms']:.1f} / {r['median_ms']:.1f} / {r['cpu_ms']:.1f} | {vs} |"
+    )
+  for row in rows:
+    assert row in text, f"docs/low_memory.md should have the row: {row}"
