@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 import warnings
@@ -53,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import tasks
 import trees
-from common import Timing, machine, measure
+from common import Timing, machine, measure, verdict_lines, write_result
 from contenders import Loop, train_step
 from device import slugify
 
@@ -139,10 +138,11 @@ def cast(tree: Any, dtype: Any) -> Any:
 
 # ----------------------------------------------------------------- quality
 
-# The page's problem names, the tasks.py task each trains, its figure title.
+# The page's problem names, the tasks.py task each trains, its figure title
+# (filled in with the text task's sizes).
 PROBLEMS = {
   "mlp": ("regression", "2-layer tanh MLP (32-64-1), regression"),
-  "lm": ("text", "2-layer causal transformer (d=64), next character"),
+  "lm": ("text", "{layers}-layer causal transformer (d={d}), next character"),
 }
 
 
@@ -354,9 +354,8 @@ def report(result: dict[str, Any]) -> str:
     "",
     memory_table(result),
     "",
+    *verdict_lines(result["targets"], digits=3),
   ]
-  for t in result["targets"]:
-    lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']:.3f}")
   return "\n".join(lines)
 
 
@@ -393,7 +392,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
       label = f"{m} ({res['relative']:.3f}×)" if m != "float32" else m
       ax.plot(x, runs.mean(0), color=color, ls=ls, label=label)
       ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.12)
-    title = PROBLEMS[row["problem"]][1]
+    title = PROBLEMS[row["problem"]][1].format(**result["config"]["lm"])
     ax.set_title(f"{title}\nlr={row['lr']:g}", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("held-out loss")
@@ -458,10 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = json.loads(args.report.read_text())
   else:
     result = run(quick_config() if args.quick else full_config(), args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"low-precision-{result['slug']}{'-quick' if args.quick else ''}.json"
-    (args.out / name).write_text(json.dumps(result, indent=1))
-    print(f"wrote {os.path.normpath(args.out / name)} ({result['seconds']:.0f} s)")
+    write_result(result, args.out, f"low-precision-{result['slug']}", args.quick)
   if args.figures is not None:
     plot(result, args.figures / "low_precision.png")
   print(report(result))
