@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -244,13 +246,31 @@ def verdict(name: str, value: Any, ok: bool) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# Text output.
+# Output.
 # --------------------------------------------------------------------------
+
+
+def write_result(result: dict[str, Any], folder: Path, stem: str, quick: bool) -> Path:
+  """Writes ``<folder>/<stem>.json`` (``<stem>-quick.json`` for a smoke run).
+
+  A smoke run never overwrites a full one. Prints the path and the run's
+  seconds; returns the path.
+  """
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / f"{stem}{'-quick' if quick else ''}.json"
+  path.write_text(json.dumps(result, indent=1))
+  print(f"wrote {os.path.normpath(path)} ({result['seconds']:.0f} s)")
+  return path
 
 
 def mark(ok: bool | None) -> str:
   """A verdict as shown in the tables."""
   return "" if ok is None else ("PASS" if ok else "MISS")
+
+
+def verdict_lines(targets: Sequence[dict[str, Any]], digits: int = 3) -> list[str]:
+  """A line per target: PASS or MISS, what it states, the measured value."""
+  return [f"{mark(t['pass'])}  {t['name']}: {t['value']:.{digits}f}" for t in targets]
 
 
 def fmt_ms(x: float | None) -> str:

@@ -4,15 +4,16 @@ Compares RMSProp on float32 parameters with bfloat16 parameters updated by
 plain rounding (``bfloat16``), by ``low_precision_params(..., "kahan")`` and
 by ``low_precision_params(..., "stochastic")``:
 
-* quality: held-out loss curves of two problems, at two learning rates and
-  several seeds, every method from the same initialisation (its float32
-  values rounded) on the same batches:
+* quality: held-out loss curves of two tasks of ``tasks.py``, at two learning
+  rates and several seeds, every method from the same initialisation (its
+  float32 values rounded) on the same batches, the model computing in
+  float32 (``tasks.train``):
 
-  - a 2-layer tanh MLP (32-64-1) regressing a random tanh teacher's output
-    plus Gaussian noise;
-  - a 2-layer causal transformer (d=64, 4 heads) predicting the next
-    character of text from a small random grammar that this script
-    generates (seeded), with number agreement between subject and verb;
+  - ``regression``: a 2-layer tanh MLP (32-64-1) regressing a random tanh
+    teacher's output plus Gaussian noise;
+  - ``text``: a 2-layer causal transformer (d=64, 4 heads) predicting the
+    next character of text from a small seeded grammar, with number
+    agreement between subject and verb;
 
 * speed: the jitted train step (``update`` + ``optax.apply_updates``, params
   and state donated) of each method on a 4.3M-parameter decoder layout,
@@ -36,23 +37,22 @@ It writes ``<out>/low-precision-<machine>.json`` (``-quick`` appended with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import tasks
 import trees
-from common import Timing, machine, measure
+from common import Timing, machine, measure, verdict_lines, write_result
 from contenders import Loop, train_step
 from device import slugify
 
@@ -76,7 +76,7 @@ class Config:
   mlp_steps: int
   lm_steps: int
   every: int  # held-out loss every this many steps
-  lm: dict[str, int]  # the transformer's and the corpus' sizes
+  lm: dict[str, int]  # the text task's sizes (``tasks.TextTask``)
   speed_tree: trees.Shapes
   timing: Timing
 
@@ -95,9 +95,9 @@ def full_config() -> Config:
 
 
 def quick_config() -> Config:
-  return Config(
+  return dataclasses.replace(
+    full_config(),
     seeds=1,
-    learning_rates=(1e-3, 1e-4),
     mlp_steps=40,
     lm_steps=20,
     every=10,
@@ -119,10 +119,16 @@ def param_dtype(method: str) -> Any:
   return jnp.float32 if method == "float32" else jnp.bfloat16
 
 
-def init_state(method: str, lr: float, seed: int, params: Any, **kwargs: Any) -> Any:
+@contextlib.contextmanager
+def _plain_bfloat16_on_purpose() -> Generator[None]:
+  """Plain bfloat16 parameters are measured on purpose: init need not warn."""
   with warnings.catch_warnings():
-    # Plain bfloat16 parameters are measured on purpose.
     warnings.filterwarnings("ignore", message="Low-precision params")
+    yield
+
+
+def init_state(method: str, lr: float, seed: int, params: Any, **kwargs: Any) -> Any:
+  with _plain_bfloat16_on_purpose():
     return optimizer(method, lr, seed, **kwargs).init(params)
 
 
@@ -130,308 +136,41 @@ def cast(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda p: p.astype(dtype), tree)
 
 
-def as_float32(params: Any) -> Any:
-  return cast(params, jnp.float32)
-
-
-# ----------------------------------------------------------------- problems
-
-
-def dense(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
-  return {
-    "w": jax.random.normal(key, (n_in, n_out)) / math.sqrt(n_in),
-    "b": jnp.zeros((n_out,)),
-  }
-
-
-def mlp_apply(params: Sequence[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-  for layer in params[:-1]:
-    x = jnp.tanh(x @ layer["w"] + layer["b"])
-  return x @ params[-1]["w"] + params[-1]["b"]
-
-
-class MLP:
-  """A 32-64-1 tanh MLP regressing a random 32-16-1 tanh teacher plus noise."""
-
-  name = "MLP"
-  title = "2-layer tanh MLP (32-64-1), regression"
-  noise = 0.1  # the loss floor is noise**2
-
-  def __init__(self, cfg: Config, seed: int):
-    del cfg
-    k1, k2, k3 = jax.random.split(jax.random.key(10_000 + seed), 3)
-    teacher = [dense(k1, 32, 16), dense(k2, 16, 1)]
-    teacher[0]["w"] = 2.0 * teacher[0]["w"]  # a non-linear teacher
-    self.data = {"teacher": teacher, "eval": self.sample(teacher, k3, 4096)}
-
-  @classmethod
-  def sample(cls, teacher: Any, key: jax.Array, n: int) -> tuple[jax.Array, ...]:
-    kx, kn = jax.random.split(key)
-    x = jax.random.normal(kx, (n, 32))
-    y = mlp_apply(teacher, x) + cls.noise * jax.random.normal(kn, (n, 1))
-    return x, y
-
-  def init(self, key: jax.Array) -> Any:
-    k1, k2 = jax.random.split(key)
-    return [dense(k1, 32, 64), dense(k2, 64, 1)]
-
-  @staticmethod
-  def loss(params: Any, batch: tuple[jax.Array, ...]) -> jax.Array:
-    x, y = batch
-    return jnp.mean((mlp_apply(as_float32(params), x) - y) ** 2)
-
-  @classmethod
-  def batch(cls, data: Any, key: jax.Array) -> tuple[jax.Array, ...]:
-    return cls.sample(data["teacher"], key, 128)
-
-  @classmethod
-  def eval_loss(cls, params: Any, data: Any) -> jax.Array:
-    return cls.loss(params, data["eval"])
-
-
-# A small English-like grammar: determiners and verbs agree with the number
-# of the subject; phrases nest; the random choices set the loss floor.
-NOUNS = {
-  "cat": "cats",
-  "dog": "dogs",
-  "bird": "birds",
-  "child": "children",
-  "robot": "robots",
-  "teacher": "teachers",
-  "farmer": "farmers",
-  "fox": "foxes",
-}
-VERBS = {
-  "see": "sees",
-  "like": "likes",
-  "chase": "chases",
-  "find": "finds",
-  "watch": "watches",
-  "follow": "follows",
-}
-INTRANSITIVE = {"sleep": "sleeps", "run": "runs", "sing": "sings", "wait": "waits"}
-ADJECTIVES = ("big", "small", "red", "old", "quick", "quiet", "happy")
-DETERMINERS = {False: ("the", "a", "this", "every"), True: ("the", "some", "these")}
-ADVERBS = ("today", "again", "slowly", "often", "at night")
-PREPOSITIONS = ("near", "with", "behind")
-
-
-def _noun_phrase(rng: np.random.Generator, plural: bool, depth: int) -> str:
-  words = [str(rng.choice(DETERMINERS[plural]))]
-  words += [str(a) for a in rng.choice(ADJECTIVES, rng.integers(0, 3), replace=False)]
-  noun = str(rng.choice(list(NOUNS)))
-  words.append(NOUNS[noun] if plural else noun)
-  if depth < 1 and rng.random() < 0.25:
-    words += [
-      str(rng.choice(PREPOSITIONS)),
-      _noun_phrase(rng, bool(rng.random() < 0.4), depth + 1),
-    ]
-  if depth < 1 and rng.random() < 0.15:
-    words += ["that", _verb_phrase(rng, plural, depth + 1)]
-  return " ".join(words)
-
-
-def _verb_phrase(rng: np.random.Generator, plural: bool, depth: int) -> str:
-  if rng.random() < 0.7:
-    verb = str(rng.choice(list(VERBS)))
-    obj = _noun_phrase(rng, bool(rng.random() < 0.4), depth + 1)
-    return f"{verb if plural else VERBS[verb]} {obj}"
-  verb = str(rng.choice(list(INTRANSITIVE)))
-  return verb if plural else INTRANSITIVE[verb]
-
-
-def _sentence(rng: np.random.Generator) -> str:
-  plural = bool(rng.random() < 0.4)
-  words = [_noun_phrase(rng, plural, 0), _verb_phrase(rng, plural, 0)]
-  if rng.random() < 0.3:
-    words.append(str(rng.choice(ADVERBS)))
-  return " ".join(words) + "."
-
-
-def grammar_text(chars: int, seed: int) -> str:
-  """At least ``chars`` characters of sentences from the grammar."""
-  rng = np.random.default_rng(seed)
-  parts, n = [], 0
-  while n < chars:
-    parts.append(_sentence(rng))
-    n += len(parts[-1]) + 1
-  return " ".join(parts)
-
-
-_WORDS = (
-  *NOUNS.items(),
-  *VERBS.items(),
-  *INTRANSITIVE.items(),
-  ADJECTIVES,
-  *DETERMINERS.values(),
-  ADVERBS,
-  PREPOSITIONS,
-  ("that",),
-)
-# A space, a full stop and every letter the grammar uses: the model's tokens.
-ALPHABET = " ." + "".join(sorted(set("".join(w for ws in _WORDS for w in ws)) - {" "}))
-
-
-def encode(text: str) -> np.ndarray:
-  index = {c: i for i, c in enumerate(ALPHABET)}
-  return np.asarray([index[c] for c in text], np.int32)
-
-
-class LM:
-  """A 2-layer causal transformer on characters of the grammar's text."""
-
-  name = "LM"
-  title = "2-layer causal transformer (d=64), next character"
-
-  def __init__(self, cfg: Config, seed: int):
-    del seed  # one corpus; the seed picks the initialisation and the batches
-    self.sizes = cfg.lm
-    n = cfg.lm["chars"]
-    train = encode(grammar_text(n, seed=0))
-    held_out = encode(grammar_text(n // 10, seed=1))
-    seq = cfg.lm["seq"] + 1
-    rows = len(held_out) // seq
-    self.data = {
-      "train": jnp.asarray(train),
-      "eval": jnp.asarray(held_out[: rows * seq].reshape(rows, seq)),
-    }
-
-  def init(self, key: jax.Array) -> Any:
-    d, v, s = self.sizes["d"], len(ALPHABET), self.sizes["seq"]
-    keys = iter(jax.random.split(key, 3 + 4 * self.sizes["layers"]))
-    params: dict[str, Any] = {
-      "embed": jax.random.normal(next(keys), (v, d)) * 0.5,
-      "pos": jax.random.normal(next(keys), (s, d)) * 0.1,
-      "out": dense(next(keys), d, v),
-      "blocks": [],
-    }
-    for _ in range(self.sizes["layers"]):
-      params["blocks"].append(
-        {
-          "ln1": jnp.ones((d,)),
-          "ln2": jnp.ones((d,)),
-          "qkv": dense(next(keys), d, 3 * d),
-          "proj": dense(next(keys), d, d),
-          "up": dense(next(keys), d, 4 * d),
-          "down": dense(next(keys), 4 * d, d),
-        }
-      )
-    return params
-
-  def logits(self, params: Any, tokens: jax.Array) -> jax.Array:
-    params = as_float32(params)
-    n, t = tokens.shape
-    d, heads = self.sizes["d"], self.sizes["heads"]
-    h = params["embed"][tokens] + params["pos"][:t]
-    mask = jnp.tril(jnp.ones((t, t), bool))
-
-    def norm(x: jax.Array, g: jax.Array) -> jax.Array:
-      mean = x.mean(-1, keepdims=True)
-      return g * (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
-
-    for blk in params["blocks"]:
-      x = norm(h, blk["ln1"])
-      qkv = x @ blk["qkv"]["w"] + blk["qkv"]["b"]
-      q, k, v = jnp.split(qkv.reshape(n, t, 3 * heads, d // heads), 3, axis=2)
-      att = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(d // heads)
-      att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
-      x = jnp.einsum("nhts,nshd->nthd", att, v).reshape(n, t, d)
-      h = h + x @ blk["proj"]["w"] + blk["proj"]["b"]
-      x = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
-      h = h + x @ blk["down"]["w"] + blk["down"]["b"]
-    return h @ params["out"]["w"] + params["out"]["b"]
-
-  def loss(self, params: Any, tokens: jax.Array) -> jax.Array:
-    logits = self.logits(params, tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  def batch(self, data: Any, key: jax.Array) -> jax.Array:
-    seq, batch = self.sizes["seq"] + 1, self.sizes["batch"]
-    start = jax.random.randint(key, (batch,), 0, data["train"].shape[0] - seq)
-    return jax.vmap(lambda s: jax.lax.dynamic_slice(data["train"], (s,), (seq,)))(start)
-
-  def eval_loss(self, params: Any, data: Any) -> jax.Array:
-    return self.loss(params, data["eval"])
-
-
-PROBLEMS: dict[str, Callable[[Config, int], Any]] = {"mlp": MLP, "lm": LM}
-
-
 # ----------------------------------------------------------------- quality
 
-
-def _chunk_fn(problem: Any, method: str, every: int) -> Callable[..., Any]:
-  """``every`` train steps and the held-out loss after them, compiled once.
-
-  The learning rate and the data are arguments, so one compilation serves
-  every learning rate and seed. The optimizer is rebuilt from the traced
-  learning rate; stochastic rounding's seed lives in the state (``init``).
-  """
-
-  def step(carry: Any, key: jax.Array, lr: jax.Array, data: Any) -> Any:
-    params, state = carry
-    opt = optimizer(method, lr)
-    grads = jax.grad(problem.loss)(params, problem.batch(data, key))
-    updates, state = opt.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  def chunk(carry: Any, keys: jax.Array, lr: jax.Array, data: Any) -> Any:
-    carry, _ = jax.lax.scan(lambda c, k: step(c, k, lr, data), carry, keys)
-    return carry, problem.eval_loss(carry[0], data)
-
-  return jax.jit(chunk, donate_argnums=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Compiled:
-  """What one problem and method compile once: the chunk and the evaluation."""
-
-  chunk: Callable[..., Any]
-  evaluate: Callable[..., Any]
-  every: int
+# The page's problem names, the tasks.py task each trains, its figure title
+# (filled in with the text task's sizes).
+PROBLEMS = {
+  "mlp": ("regression", "2-layer tanh MLP (32-64-1), regression"),
+  "lm": ("text", "{layers}-layer causal transformer (d={d}), next character"),
+}
 
 
 def train(
-  problem: Any,
-  fns: Compiled,
-  method: str,
-  lr: float,
-  seed: int,
-  params32: Any,
-  steps: int,
+  task: Any, method: str, lr: float, seed: int, steps: int, every: int
 ) -> list[float]:
-  """Held-out loss at step 0 and after every ``fns.every`` steps."""
-  dtype = param_dtype(method)
-  params = jax.tree.map(lambda p: jnp.array(p, dtype), params32)  # a copy: donated
-  carry = (params, init_state(method, lr, seed, params))
-  keys = jax.random.split(jax.random.key(50_000 + seed), steps)
-  losses = [float(fns.evaluate(params, problem.data))]
-  for i in range(0, steps, fns.every):
-    batch_keys = keys[i : i + fns.every]
-    carry, loss = fns.chunk(carry, batch_keys, jnp.float32(lr), problem.data)
-    losses.append(float(loss))
-  return losses
+  """Held-out loss of one method at step 0 and after every ``every`` steps."""
+  with _plain_bfloat16_on_purpose():
+    opt = optimizer(method, lr, seed)
+    losses = tasks.train(task, opt, seed, steps, every, param_dtype(method))
+  return losses.tolist()
 
 
 def quality(cfg: Config, log: Callable[[str], None]) -> list[dict[str, Any]]:
   """Curves, final losses and ratios to float32 for every problem and lr."""
   rows = []
-  for name, make in PROBLEMS.items():
+  for name, (task_name, _) in PROBLEMS.items():
     steps = cfg.mlp_steps if name == "mlp" else cfg.lm_steps
-    problems = [make(cfg, seed) for seed in range(cfg.seeds)]
-    init = jax.jit(problems[0].init)
-    starts = [init(jax.random.key(seed)) for seed in range(cfg.seeds)]
-    evaluate = jax.jit(problems[0].eval_loss)
-    fns = {
-      m: Compiled(_chunk_fn(problems[0], m, cfg.every), evaluate, cfg.every)
-      for m in METHODS
-    }
+    options = cfg.lm if name == "lm" else {}
+    problems = [
+      tasks.make_task(task_name, seed, **options) for seed in range(cfg.seeds)
+    ]
     for lr in cfg.learning_rates:
       curves: dict[str, list[list[float]]] = {m: [] for m in METHODS}
-      for seed, problem in enumerate(problems):
+      for seed, task in enumerate(problems):
         for m in METHODS:
           t0 = time.perf_counter()
-          curve = train(problem, fns[m], m, lr, seed, starts[seed], steps)
+          curve = train(task, m, lr, seed, steps, cfg.every)
           curves[m].append(curve)
           log(
             f"  {name} lr={lr:g} seed {seed} {m:10s} held-out {curve[-1]:.4f} "
@@ -615,9 +354,8 @@ def report(result: dict[str, Any]) -> str:
     "",
     memory_table(result),
     "",
+    *verdict_lines(result["targets"], digits=3),
   ]
-  for t in result["targets"]:
-    lines.append(f"{'PASS' if t['pass'] else 'MISS'}  {t['name']}: {t['value']:.3f}")
   return "\n".join(lines)
 
 
@@ -654,7 +392,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
       label = f"{m} ({res['relative']:.3f}×)" if m != "float32" else m
       ax.plot(x, runs.mean(0), color=color, ls=ls, label=label)
       ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.12)
-    title = PROBLEMS[row["problem"]].title  # type: ignore[attr-defined]
+    title = PROBLEMS[row["problem"]][1].format(**result["config"]["lm"])
     ax.set_title(f"{title}\nlr={row['lr']:g}", fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("held-out loss")
@@ -694,6 +432,7 @@ def run(cfg: Config, quick: bool) -> dict[str, Any]:
     "lm_steps": cfg.lm_steps,
     "every": cfg.every,
     "lm": cfg.lm,
+    "tasks": {name: task for name, (task, _) in PROBLEMS.items()},
     "optimizer": "rmsprop_jax.rmsprop(lr) (decay 0.9, eps 1e-8)",
   }
   log("memory ...")
@@ -718,10 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = json.loads(args.report.read_text())
   else:
     result = run(quick_config() if args.quick else full_config(), args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"low-precision-{result['slug']}{'-quick' if args.quick else ''}.json"
-    (args.out / name).write_text(json.dumps(result, indent=1))
-    print(f"wrote {os.path.normpath(args.out / name)} ({result['seconds']:.0f} s)")
+    write_result(result, args.out, f"low-precision-{result['slug']}", args.quick)
   if args.figures is not None:
     plot(result, args.figures / "low_precision.png")
   print(report(result))

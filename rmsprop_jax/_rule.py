@@ -6,6 +6,7 @@ formats, validation and dispatch live in ``_transform.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -112,18 +113,20 @@ def update(
   ``mu`` and ``trace`` are ``None`` where centring or momentum is off, and the
   parameter ``p`` where weight decay is off for this leaf. With ``lazy`` (a
   leaf of ``lazy_rows``), a row whose gradient is zero everywhere does not
-  move: its update is 0 here, and the caller keeps its stored state, as TF's
-  sparse kernels leave the rows an embedding lookup did not touch.
+  move: its update is 0 and its statistics keep their values here, and the
+  caller keeps their stored bits, as TF's sparse kernels leave the rows an
+  embedding lookup did not touch.
   """
   if rule.maximize:
     g = -g
   if sc.coupled_wd is not None:
     g = g + sc.coupled_wd * p
   rows = touched_rows(g) if lazy else None
-  nu = sc.one_minus_decay * abs_sq(g) + sc.decay * nu
+  keep = _row_keeper(rows)
+  nu = keep(sc.one_minus_decay * abs_sq(g) + sc.decay * nu, nu)
   var = nu if sc.bias is None else nu / sc.bias
   if rule.centered:
-    mu = sc.one_minus_decay * g + sc.decay * mu
+    mu = keep(sc.one_minus_decay * g + sc.decay * mu, mu)
     mu_hat = mu if sc.bias is None else mu / sc.bias
     # A difference of two nearly equal numbers when the gradient barely
     # varies: rounding can make it negative and its root NaN.
@@ -134,7 +137,7 @@ def update(
     s = g / (jnp.sqrt(var) + sc.eps)
   if rule.scale_only:
     return Step(s, nu, mu, None, None)
-  u, trace = _with_momentum(s, trace, sc, rule)
+  u, trace = _with_momentum(s, trace, sc, rule, keep)
   if rule.caution:
     u = _cautious(u, g)
   if sc.decoupled_wd is not None:
@@ -145,7 +148,7 @@ def update(
 
 
 def _with_momentum(
-  s: jax.Array, trace: Any, sc: Scalars, rule: Rule
+  s: jax.Array, trace: Any, sc: Scalars, rule: Rule, keep: Keep
 ) -> tuple[jax.Array, Any]:
   """The update from ``s``; ``trace`` is the buffer with the update's sign.
 
@@ -156,10 +159,27 @@ def _with_momentum(
     return sc.neg_lr * s, None
   m = sc.momentum
   if rule.lr_in_momentum:  # optax, Keras, TF: b <- m b + lr s
-    trace = m * trace + sc.neg_lr * s
+    trace = keep(m * trace + sc.neg_lr * s, trace)
     return (sc.neg_lr * s + m * trace if rule.nesterov else trace), trace
-  trace = m * trace - s  # PyTorch: b <- m b + s, and the step is lr b
+  trace = keep(m * trace - s, trace)  # PyTorch: b <- m b + s, and the step is lr b
   return (sc.lr * (m * trace - s) if rule.nesterov else sc.lr * trace), trace
+
+
+Keep = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _row_keeper(rows: jax.Array | None) -> Keep:
+  """``keep(new, old)``: ``new`` in the touched ``rows``, ``old`` elsewhere.
+
+  The identity without lazy rows. Keeping the rows of each statistic before
+  the step reads it (not only when it is stored) makes the step's input the
+  stored array itself: XLA then updates the state in place and reads it
+  back, where it would otherwise copy the old state to compute the step
+  from, and an untouched row is a store of the value just loaded.
+  """
+  if rows is None:
+    return lambda new, old: new
+  return lambda new, old: jnp.where(along_rows(rows, new.ndim), new, old)
 
 
 def _cautious(u: jax.Array, g: jax.Array) -> jax.Array:
@@ -185,7 +205,13 @@ def touched_rows(g: jax.Array) -> jax.Array:
   The reduction runs within a row, so a leaf sharded over its rows needs no
   communication.
   """
-  return jnp.any(g != 0, axis=tuple(range(1, g.ndim)))
+  axes = tuple(range(1, g.ndim))
+  if jnp.iscomplexobj(g):
+    return jnp.any(g != 0, axis=axes)
+  # A sum of magnitudes is 0 exactly when every entry is (no term cancels
+  # another, a NaN stays NaN): the same test as any(g != 0), but a reduction
+  # that reads g directly, where any() first writes a mask of g's size.
+  return jnp.sum(jnp.abs(g), axis=axes) != 0
 
 
 def along_rows(rows: jax.Array, ndim: int) -> jax.Array:

@@ -153,6 +153,17 @@ def store(value: jax.Array, like: Any) -> Any:
   return value.astype(like.dtype)
 
 
+def holds_exactly(stored: Any, dtype: Any) -> bool:
+  """Whether ``stored`` keeps values of the compute ``dtype`` as they are.
+
+  Full-precision storage in the compute dtype itself: ``load`` and ``store``
+  are then the identity, bit for bit.
+  """
+  if isinstance(stored, _quantized.QuantizedArray):
+    return False
+  return real_dtype(stored.dtype) == jnp.dtype(dtype)
+
+
 def keep_rows(rows: jax.Array, new: Any, old: Any) -> Any:
   """``new`` where ``rows`` is True, else ``old``: stored values, bit for bit.
 

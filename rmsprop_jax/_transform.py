@@ -178,8 +178,12 @@ def _update_leaf(
     if old is None:
       return None
     stored = _storage.store(new, old)
+    if step.rows is None or _storage.holds_exactly(old, dtype):
+      # The rule kept the untouched rows' loaded values, and storing them
+      # again is the identity: the stored array is the one the step read.
+      return stored
     # Lazy rows keep what is stored, bit for bit, not a re-encoding of it.
-    return stored if step.rows is None else _storage.keep_rows(step.rows, stored, old)
+    return _storage.keep_rows(step.rows, stored, old)
 
   return step.update, store(step.nu, nu), store(step.mu, mu), store(step.trace, trace)
 

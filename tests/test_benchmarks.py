@@ -1,7 +1,7 @@
 """Smoke tests of the benchmark scripts: they run and report what they claim.
 
 Timings are never asserted (the machine is shared and noisy). What is checked:
-the three quick runs complete; their JSON has the documented structure; every
+the quick runs complete; their JSON has the documented structure; every
 derived number (ratios, GB/s, fractions of the bandwidth, overheads, verdicts)
 agrees with the raw medians it is computed from; and the bytes a train step
 must move, or the optimizer state holds, agree with an independent count.
@@ -57,10 +57,11 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 def quick_runs(
   tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[subprocess.Popen[str], Path]]:
-  """The three quick runs, started together: each mostly keeps one core busy."""
+  """The quick runs, started together: each mostly keeps one core busy."""
   json_out = tmp_path_factory.mktemp("bench") / "quick.json"
   profile_dir = tmp_path_factory.mktemp("accelerator")
   low_memory_dir = tmp_path_factory.mktemp("low_memory")
+  embedding_dir = tmp_path_factory.mktemp("embedding")
   run_py = _start(str(BENCH / "run.py"), "--quick", "--json", str(json_out))
   accel = _start(str(BENCH / "accelerator.py"), "--quick", "--out", str(profile_dir))
   low_memory = _start(
@@ -71,10 +72,14 @@ def quick_runs(
     "--plots",
     str(low_memory_dir / "plots"),
   )
+  embedding = _start(
+    str(BENCH / "embedding.py"), "--quick", "--out", str(embedding_dir)
+  )
   return {
     "run": (run_py, json_out),
     "accelerator": (accel, profile_dir),
     "low_memory": (low_memory, low_memory_dir),
+    "embedding": (embedding, embedding_dir),
   }
 
 
@@ -466,3 +471,103 @@ def test_low_memory_parity_curves_start_together_and_fall(
         assert run[-1] == final < run[0], "training lowers the held-out loss"
       rel = [abs(f - r) / r for f, r in zip(d["final"], ref["final"], strict=True)]
       assert d["worst_rel_diff"] == approx(max(rel))
+
+
+# --------------------------------------------------------------------------
+# benchmarks/embedding.py --quick
+# --------------------------------------------------------------------------
+
+PERFORMANCE_PAGE = ROOT / "docs" / "performance.md"
+
+
+@pytest.fixture(scope="module")
+def embedding(quick_runs: dict[str, Any]) -> dict[str, Any]:
+  proc, out = quick_runs["embedding"]
+  returncode, stdout, stderr = _finish(proc)
+  assert returncode == 0, stderr[-4000:]
+  files = list(out.iterdir())
+  assert len(files) == 1, files
+  result = json.loads(files[0].read_text())
+  assert files[0].name == f"embedding-{result['machine']['slug']}-quick.json"
+  assert result["schema"] == 1 and result["quick"] is True
+  return result
+
+
+def test_embedding_covers_every_variant_with_both_steps(
+  embedding: dict[str, Any],
+) -> None:
+  assert [r["variant"] for r in embedding["steps"]] == ["plain", "momentum", "centered"]
+  for r in embedding["steps"]:
+    assert set(r["times"]) == {"dense", "lazy"}
+    for t in r["times"].values():
+      assert 0 < t["min_ms"] <= t["median_ms"] and t["first_call_s"] > 0
+
+
+def test_embedding_ratios_and_rates_are_those_of_the_raw_medians(
+  embedding: dict[str, Any],
+) -> None:
+  copy = embedding["machine"]["bandwidth"]["reference_gbps"]
+  for r in embedding["steps"]:
+    ms = {name: r["times"][name]["median_ms"] for name in ("dense", "lazy")}
+    assert r["dense_ms"] == ms["dense"] and r["lazy_ms"] == ms["lazy"]
+    assert r["vs_dense"] == approx(ms["lazy"] / ms["dense"])
+    for name in ms:
+      assert r["gbps"][name] == approx(r["bytes"][name] / ms[name] / 1e6)
+      assert r["of_bandwidth"][name] == approx(r["gbps"][name] / copy)
+    assert r["pass"] == (r["vs_dense"] <= 1.3)
+  assert [t["pass"] for t in embedding["targets"]] == [
+    r["pass"] for r in embedding["steps"]
+  ]
+
+
+def test_embedding_bytes_match_an_independent_count(embedding: dict[str, Any]) -> None:
+  c = embedding["config"]
+  n = c["rows"] * c["width"]
+  assert 0 < c["touched_rows"] <= c["lookups"] < c["rows"]
+  for r in embedding["steps"]:
+    dense = float32_step_bytes(n, r["variant"])
+    assert r["bytes"]["dense"] == dense
+    # The gradient read once, then the touched rows' params and state.
+    touched = (dense - 4 * n) * c["touched_rows"] / c["rows"]
+    assert r["bytes"]["lazy"] == pytest.approx(4 * n + touched, abs=1)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's loop structure")
+def test_embedding_lazy_step_updates_the_table_in_place(
+  embedding: dict[str, Any],
+) -> None:
+  # A copy would be a fresh table-sized buffer every step; the lazy step adds
+  # one loop (the row test) to the dense step's.
+  for r in embedding["steps"]:
+    dense, lazy = r["hlo"]["dense"], r["hlo"]["lazy"]
+    assert dense["copies"] == lazy["copies"] == 0, r["variant"]
+    assert lazy["fusions"] == dense["fusions"] + 1, r["variant"]
+
+
+def _committed_embedding_run() -> Path:
+  (name,) = set(
+    re.findall(
+      r"benchmarks/results/(embedding-[a-z0-9-]+\.json)", PERFORMANCE_PAGE.read_text()
+    )
+  )
+  return BENCH / "results" / name
+
+
+def test_performance_page_quotes_the_committed_embedding_run() -> None:
+  path = _committed_embedding_run()
+  stored = json.loads(path.read_text())
+  assert stored["quick"] is False and stored["config"]["rows"] == 1_000_000
+  done = subprocess.run(
+    [sys.executable, str(BENCH / "embedding.py"), "--report", str(path)],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-4000:]
+  tables = re.findall(r"(?:^\|.*\|\n)+", done.stdout + "\n", re.M)
+  assert len(tables) == 2
+  page = PERFORMANCE_PAGE.read_text()
+  for table in tables:
+    assert table in page, f"docs/performance.md lacks the table\n{table}"
