@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rmsprop_jax
+from tests import _trees as trees
 from tests._compat import enable_x64
 from tests._expect import low_precision_warning
 from tests._wrappers import WRAPPERS
@@ -79,36 +80,9 @@ def _optimizers(case: dict[str, Any]):
   return optax.rmsprop(lr, **kw), rmsprop_jax.rmsprop(lr, **kw)
 
 
-def _params() -> dict[str, Any]:
-  """A small tree with a matrix, a vector, a scalar and a list, in float64."""
-  rng = np.random.default_rng(0)
-  return {
-    "dense": {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))},
-    "scale": rng.normal(size=()),
-    "stack": [rng.normal(size=(2,))],
-  }
-
-
-def _cast(tree: Any, dtype: Any) -> Any:
-  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x).astype(dtype)), tree)
-
-
-def _grads(t: int, params: Any) -> Any:
-  rng = np.random.default_rng(100 + t)
-  return jax.tree.map(
-    lambda p: jnp.asarray(rng.normal(size=p.shape) * 2.0 + 0.3).astype(p.dtype),
-    params,
-  )
-
-
 def _run(opt: Any, params: Any, state: Any, steps: int, start: int = 0):
   """``steps`` updates from step ``start``; returns (params, state, updates)."""
-  updates_seen = []
-  for t in range(start, start + steps):
-    updates, state = opt.update(_grads(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    updates_seen.append(updates)
-  return params, state, updates_seen
+  return trees.run(opt, params, trees.gradients(params, steps, start), state=state)
 
 
 def _assert_bitwise(a: Any, b: Any) -> None:
@@ -125,7 +99,7 @@ def _assert_bitwise(a: Any, b: Any) -> None:
 def test_from_optax_continues_as_optax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
 
     state = rmsprop_jax.from_optax(optax_state)
@@ -143,7 +117,7 @@ def test_from_optax_continues_as_optax_does_under_x64(name):
 def test_to_optax_continues_as_rmsprop_jax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
 
     optax_state = rmsprop_jax.to_optax(state, jax.eval_shape(theirs.init, params))
@@ -157,7 +131,7 @@ def test_to_optax_continues_as_rmsprop_jax_does_under_x64(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_step_count_is_the_number_of_updates_applied(name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), K)
   state = rmsprop_jax.from_optax(optax_state)
   if ours.init(params).count is None:
@@ -175,7 +149,7 @@ def test_step_count_is_the_number_of_updates_applied(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_converted_state_has_the_layout_and_dtypes_that_init_allocates(name, dtype):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), dtype)
+  params = trees.params(dtype)
   converted = jax.eval_shape(
     rmsprop_jax.from_optax, jax.eval_shape(theirs.init, params)
   )
@@ -188,7 +162,7 @@ def test_converted_state_has_the_layout_and_dtypes_that_init_allocates(name, dty
 def test_float64_state_stays_float64_under_x64():
   with enable_x64(True):
     theirs, ours = _optimizers(CASES["schedule_bias_correction_centered_nesterov"])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     converted = rmsprop_jax.from_optax(theirs.init(params))
     chex.assert_trees_all_equal_shapes_and_dtypes(converted, ours.init(params))
     assert jax.tree.leaves(converted.nu)[0].dtype == jnp.float64
@@ -197,13 +171,13 @@ def test_float64_state_stays_float64_under_x64():
 @pytest.mark.parametrize("name", list(CASES))
 def test_converted_initial_state_equals_init(name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   _assert_bitwise(rmsprop_jax.from_optax(theirs.init(params)), ours.init(params))
 
 
 def test_to_optax_gives_the_template_dtypes():
   theirs, ours = _optimizers(CASES["centered_momentum"])
-  params = _cast(_params(), jnp.bfloat16)
+  params = trees.params(jnp.bfloat16)
   with low_precision_warning(params):
     state = ours.init(params)
   _, state, _ = _run(ours, params, state, 2)
@@ -227,7 +201,7 @@ def test_complex_parameters_keep_a_real_nu_and_a_complex_buffer():
 
 def test_jitted_conversion_equals_eager_conversion():
   theirs, _ = _optimizers(CASES["schedule_bias_correction_centered_nesterov"])
-  params = _cast(_params(), jnp.bfloat16)
+  params = trees.params(jnp.bfloat16)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), 3)
   state = rmsprop_jax.from_optax(optax_state)
   _assert_bitwise(jax.jit(rmsprop_jax.from_optax)(optax_state), state)
@@ -256,7 +230,7 @@ _OPTIONS = st.fixed_dictionaries(
 )
 def test_optax_state_survives_a_round_trip_bit_for_bit(options, dtype, steps):
   theirs, _ = _optimizers(options)
-  params = _cast(_params(), dtype)
+  params = trees.params(dtype)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), steps)
   back = rmsprop_jax.to_optax(rmsprop_jax.from_optax(optax_state), optax_state)
   _assert_bitwise(back, optax_state)
@@ -281,7 +255,7 @@ def _injected(case: dict[str, Any]):
 def test_injected_schedule_continues_where_optax_left_it(name):
   with enable_x64(True):
     theirs, ours = _injected(CASES[name])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
     state = rmsprop_jax.from_optax(optax_state)
     assert isinstance(state.inner_state, rmsprop_jax.RMSPropState)
@@ -293,7 +267,7 @@ def test_injected_schedule_continues_where_optax_left_it(name):
 def test_injected_hyperparameters_changed_during_the_run_are_carried():
   with enable_x64(True):
     theirs, ours = _injected(CASES["centered_momentum"])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
     optax_state.hyperparams["learning_rate"] = jnp.asarray(0.02)
     optax_state.hyperparams["decay"] = jnp.asarray(0.5)
@@ -307,7 +281,7 @@ def test_injected_hyperparameters_changed_during_the_run_are_carried():
 def test_injected_rmsprop_jax_state_continues_under_injected_optax():
   with enable_x64(True):
     theirs, ours = _injected(CASES["schedule_bias_correction_centered_nesterov"])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
     optax_state = rmsprop_jax.to_optax(state, theirs.init(params))
     assert "weight_decay" not in optax_state.hyperparams  # 0: nothing lost
@@ -318,7 +292,7 @@ def test_injected_rmsprop_jax_state_continues_under_injected_optax():
 
 def test_inner_state_of_an_injected_optax_state_converts_alone():
   theirs, _ = _injected(CASES["centered"])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), 2)
   inner = rmsprop_jax.from_optax(optax_state.inner_state)
   _assert_bitwise(inner, rmsprop_jax.from_optax(optax_state).inner_state)
@@ -344,7 +318,7 @@ def _wrapped(wrapper: str):
 def test_from_optax_converts_inside_each_wrapper(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
     state = rmsprop_jax.from_optax(optax_state)
     expected = ours.init(params)
@@ -361,7 +335,7 @@ def test_from_optax_converts_inside_each_wrapper(wrapper):
 def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     params, state, _ = _run(ours, params, ours.init(params), K)
     template = jax.eval_shape(theirs.init, params)
     optax_state = rmsprop_jax.to_optax(state, template)
@@ -412,7 +386,7 @@ def _save_and_restore(tmp_path: pathlib.Path, tree: Any, target: Any = None) -> 
 )
 def test_orbax_round_trip_with_abstract_targets(tmp_path, name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
   restored = _save_and_restore(
     tmp_path, optax_state, jax.eval_shape(theirs.init, params)
