@@ -85,6 +85,24 @@ def _run(opt: Any, params: Any, state: Any, steps: int, start: int = 0):
   return trees.run(opt, params, trees.gradients(params, steps, start), state=state)
 
 
+def _first_steps(opt: Any, dtype: Any = np.float64):
+  """``trees.params(dtype)`` after ``K`` steps of ``opt``, and ``opt``'s state."""
+  params = trees.params(dtype)
+  params, state, _ = _run(opt, params, opt.init(params), K)
+  return params, state
+
+
+def _continue_both(ours: Any, state: Any, theirs: Any, optax_state: Any, params: Any):
+  """The next ``N`` steps of each from ``params``: their updates agree to 1e-9.
+
+  Returns the params and state of ours, then those of theirs, after them.
+  """
+  p_ours, s_ours, u_ours = _run(ours, params, state, N, start=K)
+  p_theirs, s_theirs, u_theirs = _run(theirs, params, optax_state, N, start=K)
+  chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+  return (p_ours, s_ours), (p_theirs, s_theirs)
+
+
 def _assert_bitwise(a: Any, b: Any) -> None:
   """Same structure, dtypes and bits."""
   chex.assert_trees_all_equal_structs(a, b)
@@ -99,14 +117,11 @@ def _assert_bitwise(a: Any, b: Any) -> None:
 def test_from_optax_continues_as_optax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = trees.params(np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
-
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
-    p_ours, s_ours, u_ours = _run(ours, params, state, N, start=K)
-    p_theirs, s_theirs, u_theirs = _run(theirs, params, optax_state, N, start=K)
-
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    (p_ours, s_ours), (p_theirs, s_theirs) = _continue_both(
+      ours, state, theirs, optax_state, params
+    )
     chex.assert_trees_all_close(p_ours, p_theirs, rtol=1e-9, atol=0)
     chex.assert_trees_all_close(
       s_ours, rmsprop_jax.from_optax(s_theirs), rtol=1e-9, atol=0
@@ -117,22 +132,18 @@ def test_from_optax_continues_as_optax_does_under_x64(name):
 def test_to_optax_continues_as_rmsprop_jax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = trees.params(np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
-
+    params, state = _first_steps(ours)
     optax_state = rmsprop_jax.to_optax(state, jax.eval_shape(theirs.init, params))
-    p_theirs, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    p_ours, _, u_ours = _run(ours, params, state, N, start=K)
-
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    (p_ours, _), (p_theirs, _) = _continue_both(
+      ours, state, theirs, optax_state, params
+    )
     chex.assert_trees_all_close(p_theirs, p_ours, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_step_count_is_the_number_of_updates_applied(name):
   theirs, ours = _optimizers(CASES[name])
-  params = trees.params(np.float32)
-  _, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+  params, optax_state = _first_steps(theirs, np.float32)
   state = rmsprop_jax.from_optax(optax_state)
   if ours.init(params).count is None:
     assert state.count is None
@@ -255,39 +266,30 @@ def _injected(case: dict[str, Any]):
 def test_injected_schedule_continues_where_optax_left_it(name):
   with enable_x64(True):
     theirs, ours = _injected(CASES[name])
-    params = trees.params(np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
     assert isinstance(state.inner_state, rmsprop_jax.RMSPropState)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_injected_hyperparameters_changed_during_the_run_are_carried():
   with enable_x64(True):
     theirs, ours = _injected(CASES["centered_momentum"])
-    params = trees.params(np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     optax_state.hyperparams["learning_rate"] = jnp.asarray(0.02)
     optax_state.hyperparams["decay"] = jnp.asarray(0.5)
     state = rmsprop_jax.from_optax(optax_state)
     assert float(state.hyperparams["learning_rate"]) == 0.02
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_injected_rmsprop_jax_state_continues_under_injected_optax():
   with enable_x64(True):
     theirs, ours = _injected(CASES["schedule_bias_correction_centered_nesterov"])
-    params = trees.params(np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
+    params, state = _first_steps(ours)
     optax_state = rmsprop_jax.to_optax(state, theirs.init(params))
     assert "weight_decay" not in optax_state.hyperparams  # 0: nothing lost
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_inner_state_of_an_injected_optax_state_converts_alone():
@@ -318,25 +320,21 @@ def _wrapped(wrapper: str):
 def test_from_optax_converts_inside_each_wrapper(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = trees.params(np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
     expected = ours.init(params)
     if wrapper == "inject_hyperparams":  # optax.rmsprop has no weight_decay
       del expected.hyperparams["weight_decay"]
     chex.assert_trees_all_equal_structs(state, expected)
     _assert_bitwise(inner(state), rmsprop_jax.from_optax(inner(optax_state)))
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = trees.params(np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
+    params, state = _first_steps(ours)
     template = jax.eval_shape(theirs.init, params)
     optax_state = rmsprop_jax.to_optax(state, template)
     chex.assert_trees_all_equal_structs(optax_state, theirs.init(params))
@@ -344,9 +342,7 @@ def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
     _assert_bitwise(inner(optax_state), alone)
     # a bare template takes the one RMSPropState inside the wrappers
     _assert_bitwise(rmsprop_jax.to_optax(state, inner(template)), alone)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_to_optax_names_the_paths_of_states_that_do_not_pair():
@@ -386,8 +382,7 @@ def _save_and_restore(tmp_path: pathlib.Path, tree: Any, target: Any = None) -> 
 )
 def test_orbax_round_trip_with_abstract_targets(tmp_path, name):
   theirs, ours = _optimizers(CASES[name])
-  params = trees.params(np.float32)
-  params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+  params, optax_state = _first_steps(theirs, np.float32)
   restored = _save_and_restore(
     tmp_path, optax_state, jax.eval_shape(theirs.init, params)
   )
