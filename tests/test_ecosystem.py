@@ -511,15 +511,7 @@ def _train_quadratic(lr: jax.Array, decay: jax.Array, steps: int = 25) -> Any:
   target = jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)
   opt = rmsprop_jax.rmsprop(lr, decay, momentum=0.5, centered=True)
   params = {"w": jnp.zeros((6,), jnp.float32)}
-
-  def body(carry, _):
-    params, state = carry
-    grads = jax.grad(lambda p: jnp.sum((p["w"] - target) ** 2))(params)
-    updates, state = opt.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(body, (params, opt.init(params)), None, steps)
-  return params, state
+  return trees.fit(opt, params, lambda p: jnp.sum((p["w"] - target) ** 2), steps)
 
 
 def test_vmap_over_learning_rates_and_decays_equals_separate_runs():
