@@ -121,7 +121,7 @@ def _reference(base, mask, grads):
   return seen, states
 
 
-def _run(case, dtype, jit: bool, steps: int = 7):
+def _ours_and_reference(case, dtype, jit: bool, steps: int = 7):
   tx, base, mask = _build(case)
   grads = trees.gradients(trees.numpy_params(np.float64), steps)
   expected, ref_states = _reference(base, mask, grads)
@@ -135,7 +135,7 @@ def _run(case, dtype, jit: bool, steps: int = 7):
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_float64_reference_under_x64(name, jit):
   with enable_x64(True):
-    out, expected, state, ref_states = _run(CASES[name], np.float64, jit)
+    out, expected, state, ref_states = _ours_and_reference(CASES[name], np.float64, jit)
     for u, e in zip(out, expected, strict=True):
       chex.assert_trees_all_close(u, e, rtol=1e-10, atol=1e-13)
     # The momentum buffer is kept with the update's sign: the negation of the
@@ -163,7 +163,7 @@ def test_matches_float64_reference_under_x64(name, jit):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_float64_reference_in_float32(name, jit):
-  out, expected, _, _ = _run(CASES[name], np.float32, jit)
+  out, expected, _, _ = _ours_and_reference(CASES[name], np.float32, jit)
   for u, e in zip(out, expected, strict=True):
     jax.tree.map(lambda a, b: chex.assert_type(a, jnp.float32), u, e)
     chex.assert_trees_all_close(u, e, rtol=2e-4, atol=1e-6)

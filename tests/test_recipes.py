@@ -46,7 +46,7 @@ _SCALES = {
 }
 
 
-def _grads(params: Tree, step: int) -> Tree:
+def _param_dependent_grads(params: Tree, step: int) -> Tree:
   """A gradient that depends on the parameters (so weight decay matters) plus
   noise with a mean, so that the centred variance is not the raw second moment.
   """
@@ -57,7 +57,7 @@ def _grads(params: Tree, step: int) -> Tree:
   }
 
 
-def _run(
+def _assert_follows(
   tx: optax.GradientTransformation,
   reference: Callable[[Tree, Tree, int], Tree],
   steps: int,
@@ -75,7 +75,7 @@ def _run(
     update = jax.jit(tx.update)
     ref = {k: v.copy() for k, v in p0.items()}
     for step in range(steps):
-      g = _grads(ref, step)
+      g = _param_dependent_grads(ref, step)
       updates, state = update(jax.tree.map(jnp.asarray, g), state, params)
       params = optax.apply_updates(params, updates)
       ref = reference(ref, g, step)
@@ -299,18 +299,22 @@ def slim_lr(
 
 
 def test_dqn_nature_matches_the_lua_neural_q_learner():
-  _run(recipes.dqn_nature(), LuaDQN(_init_params(), lr_start=0.00025), steps=25)
+  _assert_follows(
+    recipes.dqn_nature(), LuaDQN(_init_params(), lr_start=0.00025), steps=25
+  )
 
 
 def test_dqn_nature_matches_lua_at_a_large_learning_rate():
   # At 2.5e-4 the parameters barely move; a large rate makes any difference in
   # the statistics visible in the trajectory.
-  _run(recipes.dqn_nature(learning_rate=0.3), LuaDQN(_init_params(), lr_start=0.3), 25)
+  _assert_follows(
+    recipes.dqn_nature(learning_rate=0.3), LuaDQN(_init_params(), lr_start=0.3), 25
+  )
 
 
 def test_dqn_dopamine_matches_tf1_centered_kernel():
   ref = TF1RMSProp(_init_params(), lambda k: 0.00025, 0.95, 0.0, 0.00001, centered=True)
-  _run(recipes.dqn_dopamine(), ref, steps=25)
+  _assert_follows(recipes.dqn_dopamine(), ref, steps=25)
 
 
 # The references configured as each code base configures its optimizer; the
@@ -376,7 +380,7 @@ def test_impala_matches_tf1_kernel_and_frame_count_schedule():
     unroll_length=5,
     num_action_repeats=2,
   )
-  _run(tx, _impala_reference(frames_per_step, total), steps=24)
+  _assert_follows(tx, _impala_reference(frames_per_step, total), steps=24)
 
 
 def test_impala_with_momentum_and_clipping():
@@ -388,7 +392,7 @@ def test_impala_with_momentum_and_clipping():
     batch_size=2,
     max_grad_norm=40.0,
   )
-  _run(tx, ref, steps=21)
+  _assert_follows(tx, ref, steps=21)
 
 
 def test_a2c_matches_baselines_clipping_tf1_kernel_and_scheduler():
@@ -403,7 +407,7 @@ def test_a2c_matches_baselines_clipping_tf1_kernel_and_scheduler():
     clip_norm=0.5,
   )
   tx = recipes.a2c(batch_size=nbatch, total_timesteps=total, learning_rate=0.05)
-  _run(tx, ref, steps=25)
+  _assert_follows(tx, ref, steps=25)
 
 
 def test_efficientnet_matches_tpu_reference():
@@ -411,7 +415,9 @@ def test_efficientnet_matches_tpu_reference():
   # every 6 steps (2.4 epochs) counted from step 0.
   batch, images = 16, 40
   ref = _efficientnet_reference(0.016 * batch / 256, batch, images, l2=1e-5)
-  _run(recipes.efficientnet(batch_size=batch, num_train_images=images), ref, 26)
+  _assert_follows(
+    recipes.efficientnet(batch_size=batch, num_train_images=images), ref, 26
+  )
 
 
 def test_efficientnet_weight_decay_is_the_l2_loss_gradient():
@@ -425,31 +431,31 @@ def test_efficientnet_weight_decay_is_the_l2_loss_gradient():
     base_learning_rate=0.5 * 256 / batch,
     weight_decay=0.3,
   )
-  _run(tx, ref, steps=22)
+  _assert_follows(tx, ref, steps=22)
 
 
 def test_inception_v3_matches_slim():
   # 100 samples at batch 32: decay_steps = int(6.25) = 6.
   ref = _slim_reference(100, 32, 2.0, 0.94)
-  _run(recipes.inception_v3(num_samples_per_epoch=100), ref, steps=22)
+  _assert_follows(recipes.inception_v3(num_samples_per_epoch=100), ref, steps=22)
 
 
 def test_inception_v3_with_the_papers_clipping():
   ref = _slim_reference(100, 32, 2.0, 0.94, clip_norm=2.0)
   tx = recipes.inception_v3(num_samples_per_epoch=100, max_grad_norm=2.0)
-  _run(tx, ref, steps=21)
+  _assert_follows(tx, ref, steps=21)
 
 
 def test_mobilenet_v2_matches_slim():
   # 500 samples at batch 96: decay_steps = int(5.2) = 5.
   ref = _slim_reference(500, 96, 1.0, 0.98)
-  _run(recipes.mobilenet_v2(num_samples_per_epoch=500), ref, steps=21)
+  _assert_follows(recipes.mobilenet_v2(num_samples_per_epoch=500), ref, steps=21)
 
 
 def test_torchvision_mobilenet_v3_matches_torch_rmsprop_and_step_lr():
   # StepLR(step_size=2, gamma=0.973) stepped once per epoch of 3 steps.
   ref = _torchvision_reference(lambda k: 0.064 * 0.973 ** ((k // 3) // 2), 1e-5)
-  _run(recipes.torchvision_mobilenet_v3(steps_per_epoch=3), ref, steps=22)
+  _assert_follows(recipes.torchvision_mobilenet_v3(steps_per_epoch=3), ref, steps=22)
 
 
 def test_torchvision_mask_excludes_leaves_from_weight_decay():
@@ -468,16 +474,18 @@ def test_torchvision_mask_excludes_leaves_from_weight_decay():
     weight_decay=0.5,
     weight_decay_mask=recipes.kernels_only,
   )
-  _run(tx, split, steps=20)
+  _assert_follows(tx, split, steps=20)
 
 
 def test_graves2013_matches_equations_38_to_41():
-  _run(recipes.graves2013(), Graves2013(_init_params(), 0.95, 0.9, 1e-4, 1e-4), 25)
+  _assert_follows(
+    recipes.graves2013(), Graves2013(_init_params(), 0.95, 0.9, 1e-4, 1e-4), 25
+  )
 
 
 def test_graves2013_matches_equations_at_a_large_learning_rate():
   ref = Graves2013(_init_params(), 0.95, 0.9, 0.05, 1e-4)
-  _run(recipes.graves2013(learning_rate=0.05), ref, steps=25)
+  _assert_follows(recipes.graves2013(learning_rate=0.05), ref, steps=25)
 
 
 # ------------------------------ schedules at the sources' real sizes
