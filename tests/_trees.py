@@ -1,12 +1,12 @@
 """The trees, gradients, problem and training loops that several test files share.
 
 ``params`` (``numpy_params`` for a NumPy reference) is a small tree of every
-container and rank, ``grads`` the gradient
-of each step for any tree, ``regression`` a tiny least-squares problem of a
-tanh layer, and ``run``/``fit`` the plain training loop (``opt.update`` then
-``optax.apply_updates``) over given gradients or a loss. A test that needs data
-of its own (large leaves for block quantization, gradients that depend on the
-parameters, a loss with a known optimum) keeps it, named for what it is.
+container and rank, ``grads`` the gradient of each step for any tree,
+``regression`` a tiny least-squares problem of a tanh layer, and ``run`` and
+``fit`` the plain training loop (``opt.update``, then ``optax.apply_updates``)
+over given gradients or on a loss. A test that needs data of its own (large
+leaves for block quantization, gradients that depend on the parameters, a loss
+with a known optimum) keeps it, named for what it is.
 """
 
 from __future__ import annotations
