@@ -101,6 +101,30 @@ def approx(x: float) -> Any:
   return pytest.approx(x, rel=1e-9)
 
 
+def rows_and_medians(
+  rows: list[dict[str, Any]],
+  names: tuple[str, ...],
+  ratios: dict[str, tuple[str, str]],
+) -> list[tuple[dict[str, Any], dict[str, float]]]:
+  """Each row with the raw median time of each of ``names``.
+
+  Asserts first that the rows cover every variant, that each row's
+  ``<name>_ms`` is that raw median (and positive), and that its entry
+  ``key`` of ``ratios = {key: (a, b)}`` is the median of ``a`` over that of
+  ``b``.
+  """
+  assert {r["variant"] for r in rows} == VARIANTS
+  out = []
+  for r in rows:
+    ms = {name: r["times"][name]["median_ms"] for name in names}
+    for name in names:
+      assert r[f"{name}_ms"] == ms[name] > 0
+    for key, (a, b) in ratios.items():
+      assert r[key] == approx(ms[a] / ms[b]), key
+    out.append((r, ms))
+  return out
+
+
 # --------------------------------------------------------------------------
 # benchmarks/run.py --quick
 # --------------------------------------------------------------------------
@@ -127,14 +151,8 @@ def test_quick_run_reports_every_section(quick_report: dict[str, Any]) -> None:
 def test_jitted_ratios_are_those_of_the_raw_medians(
   quick_report: dict[str, Any],
 ) -> None:
-  rows = quick_report["jitted"]
-  assert {r["variant"] for r in rows} == VARIANTS
-  for r in rows:
-    ms = {lib: r["times"][lib]["median_ms"] for lib in LIBS}
-    for lib in LIBS:
-      assert r[f"{lib}_ms"] == ms[lib] > 0
-    assert r["vs_optax"] == approx(ms["rmsprop_jax"] / ms["optax"])
-    assert r["vs_floor"] == approx(ms["rmsprop_jax"] / ms["floor"])
+  ratios = {"vs_optax": ("rmsprop_jax", "optax"), "vs_floor": ("rmsprop_jax", "floor")}
+  for r, _ in rows_and_medians(quick_report["jitted"], LIBS, ratios):
     assert r["pass"] == (r["vs_optax"] <= 1.05 and r["vs_floor"] <= 1.10)
 
 
@@ -176,14 +194,9 @@ def test_every_time_summarises_its_samples(quick_report: dict[str, Any]) -> None
 def test_eager_ratios_and_overheads_are_those_of_the_raw_medians(
   quick_report: dict[str, Any],
 ) -> None:
-  rows = quick_report["eager"]
-  assert {r["variant"] for r in rows} == VARIANTS
-  for r in rows:
-    ms = {name: r["times"][name]["median_ms"] for name in EAGER}
-    for name in EAGER:
-      assert r[f"{name}_ms"] == ms[name] > 0
-    assert r["speedup"] == approx(ms["optax"] / ms["rmsprop_jax"])
-    assert r["vs_floor"] == approx(ms["rmsprop_jax"] / ms["floor"])
+  ratios = {"speedup": ("optax", "rmsprop_jax"), "vs_floor": ("rmsprop_jax", "floor")}
+  rows = rows_and_medians(quick_report["eager"], EAGER, ratios)
+  for r, ms in rows:
     overhead = (ms["rmsprop_jax"] - ms["floor"]) / r["leaves"] * 1000
     assert r["overhead_us_per_leaf"] == approx(overhead)
     assert r["target_applies"] == (r["leaves"] >= 100)
@@ -193,7 +206,7 @@ def test_eager_ratios_and_overheads_are_those_of_the_raw_medians(
     want = r["vs_floor"] <= 1.2 if r["floor_target_applies"] else None
     assert r["floor_pass"] == want
   # The floor target holds on both trees of small leaves, plain and momentum.
-  stated = {(r["tree"], r["variant"]) for r in rows if r["floor_target_applies"]}
+  stated = {(r["tree"], r["variant"]) for r, _ in rows if r["floor_target_applies"]}
   assert {v for _, v in stated} == {"plain", "momentum"} and len(stated) == 4
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import _transform
+from tests import _trees as trees
 from tests import numpy_reference as ref
 from tests._compat import enable_x64
 
@@ -83,27 +84,6 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _params(dtype) -> dict[str, Any]:
-  rng = np.random.default_rng(0)
-  return {
-    "dense": {
-      "w": rng.normal(size=(3, 4)).astype(dtype),
-      "b": rng.normal(size=(4,)).astype(dtype),
-    },
-    "stack": [
-      rng.normal(size=(2,)).astype(dtype),
-      (rng.normal(size=()).astype(dtype),),
-    ],
-  }
-
-
-def _grads(step: int, params: dict[str, Any], dtype) -> dict[str, Any]:
-  rng = np.random.default_rng(100 + step)
-  return jax.tree.map(
-    lambda p: (rng.normal(size=np.shape(p)) * 2.0 + 0.3).astype(dtype), params
-  )
-
-
 def _mask(params):
   # Weight decay on matrices only, the usual "no decay on biases" rule.
   return {"dense": {"w": True, "b": False}, "stack": [False, (True,)]}
@@ -124,31 +104,30 @@ def _build(case: dict[str, Any]):
   return tx, base, mask
 
 
-def _run(case, dtype, jit: bool, steps: int = 7):
+def _reference(base, mask, grads):
+  """The reference's updates for ``grads`` from ``numpy_params``, and its state."""
+  params = trees.numpy_params(np.float64)
+  states = jax.tree.map(lambda p: ref.init(p, base), params)
+  configs = jax.tree.map(lambda m: dataclasses.replace(base, mask=m), mask)
+  treedef = jax.tree.structure(params)
+  seen = []
+  for g in grads:
+    leaves = (treedef.flatten_up_to(t) for t in (g, params, states, configs))
+    res = [ref.step(*a) for a in zip(*leaves, strict=True)]
+    updates = treedef.unflatten([r[0] for r in res])
+    states = treedef.unflatten([r[1] for r in res])
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    seen.append(updates)
+  return seen, states
+
+
+def _ours_and_reference(case, dtype, jit: bool, steps: int = 7):
   tx, base, mask = _build(case)
-  params = jax.tree.map(jnp.asarray, _params(dtype))
-  ref_params = _params(np.float64)
-  ref_states = jax.tree.map(lambda p: ref.init(p, base), ref_params)
-  ref_cfgs = jax.tree.map(lambda m: dataclasses.replace(base, mask=m), mask)
-  state = tx.init(params)
-  update = jax.jit(tx.update) if jit else tx.update
-  out, expected = [], []
-  for t in range(steps):
-    g = _grads(t, ref_params, np.float64)
-    updates, state = update(
-      jax.tree.map(lambda x: jnp.asarray(x, dtype), g), state, params
-    )
-    params = optax.apply_updates(params, updates)
-    flat_g, treedef = jax.tree.flatten(g)
-    flat_p = treedef.flatten_up_to(ref_params)
-    flat_s = treedef.flatten_up_to(ref_states)
-    flat_c = treedef.flatten_up_to(ref_cfgs)
-    res = [ref.step(*a) for a in zip(flat_g, flat_p, flat_s, flat_c, strict=True)]
-    ref_updates = treedef.unflatten([r[0] for r in res])
-    ref_states = treedef.unflatten([r[1] for r in res])
-    ref_params = jax.tree.map(lambda p, u: p + u, ref_params, ref_updates)
-    out.append(updates)
-    expected.append(ref_updates)
+  grads = trees.gradients(trees.numpy_params(np.float64), steps)
+  expected, ref_states = _reference(base, mask, grads)
+  params = trees.params(dtype)
+  ours = [jax.tree.map(lambda x: jnp.asarray(x, dtype), g) for g in grads]
+  _, state, out = trees.run(tx, params, ours, jit=jit)
   return out, expected, state, ref_states
 
 
@@ -156,7 +135,7 @@ def _run(case, dtype, jit: bool, steps: int = 7):
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_float64_reference_under_x64(name, jit):
   with enable_x64(True):
-    out, expected, state, ref_states = _run(CASES[name], np.float64, jit)
+    out, expected, state, ref_states = _ours_and_reference(CASES[name], np.float64, jit)
     for u, e in zip(out, expected, strict=True):
       chex.assert_trees_all_close(u, e, rtol=1e-10, atol=1e-13)
     # The momentum buffer is kept with the update's sign: the negation of the
@@ -184,7 +163,7 @@ def test_matches_float64_reference_under_x64(name, jit):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_float64_reference_in_float32(name, jit):
-  out, expected, _, _ = _run(CASES[name], np.float32, jit)
+  out, expected, _, _ = _ours_and_reference(CASES[name], np.float32, jit)
   for u, e in zip(out, expected, strict=True):
     jax.tree.map(lambda a, b: chex.assert_type(a, jnp.float32), u, e)
     chex.assert_trees_all_close(u, e, rtol=2e-4, atol=1e-6)
@@ -236,13 +215,11 @@ def test_caution_floors_the_kept_share_at_one_in_a_thousand():
 def test_drop_in_replacement_for_optax_rmsprop(options, schedule):
   lr = optax.exponential_decay(0.1, 2, 0.5) if schedule else 0.1
   ours, theirs = rmsprop_jax.rmsprop(lr, **options), optax.rmsprop(lr, **options)
-  params = jax.tree.map(jnp.asarray, _params(np.float32))
-  s_ours, s_theirs = ours.init(params), theirs.init(params)
-  for t in range(10):
-    g = jax.tree.map(jnp.asarray, _grads(t, params, np.float32))
-    u_ours, s_ours = ours.update(g, s_ours, params)
-    u_theirs, s_theirs = theirs.update(g, s_theirs, params)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-5, atol=1e-7)
+  params = trees.params(np.float32)
+  grads = trees.gradients(params, 10)
+  _, _, u_ours = trees.run(ours, params, grads)
+  _, _, u_theirs = trees.run(theirs, params, grads)
+  chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-5, atol=1e-7)
 
 
 def test_centered_variance_stays_finite_where_optax_turns_nan():
@@ -262,7 +239,7 @@ def test_centered_variance_stays_finite_where_optax_turns_nan():
 
 
 def test_plain_state_holds_one_accumulator_per_parameter():
-  params = jax.tree.map(jnp.asarray, _params(np.float32))
+  params = trees.params(np.float32)
   state = rmsprop_jax.rmsprop(0.1).init(params)
   assert state.mu is None and state.trace is None
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -292,7 +269,7 @@ def test_state_without_count_for_a_schedule_is_refused():
 
 
 def test_enabled_options_allocate_their_buffers():
-  params = jax.tree.map(jnp.asarray, _params(np.float32))
+  params = trees.params(np.float32)
   state = rmsprop_jax.rmsprop(0.1, centered=True, momentum=0.9).init(params)
   chex.assert_trees_all_equal_shapes(state.mu, params)
   chex.assert_trees_all_equal_shapes(state.trace, params)
@@ -321,13 +298,11 @@ def test_scale_by_rms_chains_like_rmsprop():
     rmsprop_jax.scale_by_rms(centered=True), optax.scale_by_learning_rate(0.1)
   )
   direct = rmsprop_jax.rmsprop(0.1, centered=True)
-  params = jax.tree.map(jnp.asarray, _params(np.float32))
-  s1, s2 = chained.init(params), direct.init(params)
-  for t in range(4):
-    g = jax.tree.map(jnp.asarray, _grads(t, params, np.float32))
-    u1, s1 = chained.update(g, s1, params)
-    u2, s2 = direct.update(g, s2, params)
-    chex.assert_trees_all_close(u1, u2, rtol=1e-6)
+  params = trees.params(np.float32)
+  grads = trees.gradients(params, 4)
+  _, _, u_chained = trees.run(chained, params, grads)
+  _, _, u_direct = trees.run(direct, params, grads)
+  chex.assert_trees_all_close(u_chained, u_direct, rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
@@ -474,15 +449,5 @@ def test_converges(problem):
     )
     steps, target = 4000, 1e-4
 
-  @jax.jit
-  def run(x):
-    def body(carry, _):
-      x, s = carry
-      u, s = tx.update(jax.grad(loss)(x), s, x)
-      return (optax.apply_updates(x, u), s), None
-
-    (x, _), _ = jax.lax.scan(body, (x, tx.init(x)), None, length=steps)
-    return x
-
-  x = run(x0)
+  x, _ = jax.jit(lambda x: trees.fit(tx, x, loss, steps))(x0)
   assert float(loss(x)) < target, float(loss(x))

@@ -12,7 +12,7 @@ alone).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import chex
@@ -23,6 +23,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from tests import _trees as trees
 from tests._compat import (
   event_duration_listener,
   nnx_optimizer_update,
@@ -40,37 +41,6 @@ FULL: dict[str, Any] = dict(
   weight_decay=1e-2,
   decoupled_weight_decay=True,
 )
-
-
-def _data(n: int = 16, seed: int = 0) -> tuple[jax.Array, jax.Array]:
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, 4)).astype(np.float32)
-  y = np.tanh(x @ rng.normal(size=(4, 3))).astype(np.float32)
-  return jnp.asarray(x), jnp.asarray(y)
-
-
-def _init_params(seed: int = 1) -> dict[str, jax.Array]:
-  rng = np.random.default_rng(seed)
-  return {
-    "w": jnp.asarray(rng.normal(size=(4, 3)).astype(np.float32) * 0.5),
-    "b": jnp.zeros((3,), jnp.float32),
-  }
-
-
-def _loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-  return jnp.mean((jnp.tanh(x @ params["w"] + params["b"]) - y) ** 2)
-
-
-def _plain_step(opt: optax.GradientTransformation, loss_fn: Callable[..., Any]):
-  """One jitted step of the plain-JAX reference loop."""
-
-  @jax.jit
-  def step(params, state, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state, loss
-
-  return step
 
 
 def _assert_trees_equal(a: Any, b: Any) -> None:
@@ -106,20 +76,18 @@ def _assert_trees_equal(a: Any, b: Any) -> None:
 def test_orbax_restore_into_abstract_target_continues_bit_exactly(tmp_path, make_opt):
   ocp = pytest.importorskip("orbax.checkpoint")
   opt = make_opt()
-  x, y = _data()
+  x, y = trees.regression()
 
-  def loss(params, x, y):
+  def loss(params):
     # "emb" is large enough (64 x 64) for 8-bit states to be block-quantized
-    return _loss(params, x, y) + jnp.mean((params["emb"] - 0.3) ** 2)
+    data_term = trees.regression_loss(params, x, y)
+    return data_term + jnp.mean((params["emb"] - 0.3) ** 2)
 
-  step = _plain_step(opt, loss)
-
-  def train(params, state, n):
-    for _ in range(n):
-      params, state, _ = step(params, state, x, y)
-    return params, state
-
-  params = {**_init_params(), "emb": jnp.ones((64, 64))}
+  train = jax.jit(
+    lambda params, state, n: trees.fit(opt, params, loss, n, state=state),
+    static_argnums=2,
+  )
+  params = {**trees.regression_params(), "emb": jnp.ones((64, 64))}
   expected = train(params, opt.init(params), 6)
 
   half = train(params, opt.init(params), 3)
@@ -162,20 +130,14 @@ def test_flax_nnx_optimizer_matches_plain_jax_loop():
     nnx_optimizer_update(optimizer, model, grads)
     return loss
 
-  x, y = _data()
+  x, y = trees.regression()
   losses = [float(train_step(model, optimizer, x, y)) for _ in range(30)]
   assert losses[-1] < 0.5 * losses[0]
 
   # The reference: the same initial model as a pure (graphdef, state) pair.
   graphdef, params, rest = nnx.split(Model(nnx.Rngs(0)), nnx.Param, ...)
-
-  def pure_loss(params, x, y):
-    return loss_fn(nnx.merge(graphdef, params, rest), x, y)
-
-  step = _plain_step(tx, pure_loss)
-  state = tx.init(params)
-  for _ in range(30):
-    params, state, _ = step(params, state, x, y)
+  pure_loss = lambda params: loss_fn(nnx.merge(graphdef, params, rest), x, y)
+  params, _ = trees.fit(tx, params, pure_loss, 30)
   chex.assert_trees_all_close(
     nnx_to_pure_dict(nnx.state(model, nnx.Param)),
     nnx_to_pure_dict(params),
@@ -194,7 +156,7 @@ def test_flax_linen_train_state_matches_plain_jax_loop():
     def __call__(self, x):
       return nn.Dense(3)(jnp.tanh(nn.Dense(8)(x)))
 
-  x, y = _data()
+  x, y = trees.regression()
   model = Model()
   params = model.init(jax.random.key(0), x)["params"]
   tx = rmsprop_jax.rmsprop(0.01, **FULL)
@@ -215,10 +177,7 @@ def test_flax_linen_train_state_matches_plain_jax_loop():
   assert losses[-1] < 0.5 * losses[0]
   assert isinstance(ts.opt_state, rmsprop_jax.RMSPropState)
 
-  step = _plain_step(tx, loss_fn)
-  state = tx.init(params)
-  for _ in range(30):
-    params, state, _ = step(params, state, x, y)
+  params, _ = trees.fit(tx, params, lambda params: loss_fn(params, x, y), 30)
   chex.assert_trees_all_close(ts.params, params, rtol=1e-6, atol=1e-7)
 
 
@@ -233,7 +192,7 @@ def test_equinox_filter_jit_with_non_array_leaves_matches_plain_jax_loop():
     def __call__(self, x):
       return jax.vmap(self.mlp)(x)
 
-  x, y = _data()
+  x, y = trees.regression()
   mlp = eqx.nn.MLP(4, 3, 8, depth=2, activation=jnp.tanh, key=jax.random.key(0))
   model = Model(mlp, jnp.array(0))
   tx = rmsprop_jax.rmsprop(0.01, **FULL)
@@ -261,14 +220,8 @@ def test_equinox_filter_jit_with_non_array_leaves_matches_plain_jax_loop():
   assert int(trained.steps) == 30 and trained.name == "net"
 
   params, static = eqx.partition(model, eqx.is_inexact_array)
-
-  def pure_loss(params, x, y):
-    return loss_fn(eqx.combine(params, static), x, y)
-
-  step = _plain_step(tx, pure_loss)
-  ref_state = tx.init(params)
-  for _ in range(30):
-    params, ref_state, _ = step(params, ref_state, x, y)
+  pure_loss = lambda params: loss_fn(eqx.combine(params, static), x, y)
+  params, _ = trees.fit(tx, params, pure_loss, 30)
   chex.assert_trees_all_close(
     eqx.filter(trained, eqx.is_inexact_array), params, rtol=1e-6, atol=1e-7
   )
@@ -277,24 +230,16 @@ def test_equinox_filter_jit_with_non_array_leaves_matches_plain_jax_loop():
 # ------------------------------------------------------------ optax wrappers
 
 
-def _grads(seed: int, scale: float = 1.0) -> dict[str, jax.Array]:
-  rng = np.random.default_rng(seed)
-  return {
-    "w": jnp.asarray(rng.normal(size=(4, 3)).astype(np.float32) * scale),
-    "b": jnp.asarray(rng.normal(size=(3,)).astype(np.float32) * scale),
-  }
-
-
 def test_chain_with_clip_by_global_norm_rescales_gradients_first():
   max_norm = 1.0
   opt = optax.chain(
     optax.clip_by_global_norm(max_norm), rmsprop_jax.rmsprop(0.1, **FULL)
   )
   ref = rmsprop_jax.rmsprop(0.1, **FULL)
-  params = _init_params()
+  params = trees.regression_params()
   state, ref_state = opt.init(params), ref.init(params)
   for i in range(5):
-    g = _grads(i, scale=10.0)
+    g = jax.tree.map(lambda g: 10 * g, trees.grads(i, params))
     norm = np.sqrt(sum(np.sum(np.square(np.asarray(v))) for v in g.values()))
     assert norm > max_norm  # so the clip is active
     clipped = jax.tree.map(lambda v, n=norm: v * np.float32(max_norm / n), g)
@@ -307,13 +252,13 @@ def test_chain_with_clip_by_global_norm_rescales_gradients_first():
 @pytest.mark.standard_promotion  # optax.MultiSteps
 def test_multisteps_accumulation_equals_one_big_batch_step():
   k = 4
-  x, y = _data(n=4 * k)
+  x, y = trees.regression(n=4 * k)
   micro = [(x[i::k], y[i::k]) for i in range(k)]
   opt = optax.MultiSteps(rmsprop_jax.rmsprop(0.05, **FULL), every_k_schedule=k)
   ref = rmsprop_jax.rmsprop(0.05, **FULL)
-  params = ref_params = _init_params()
+  params = ref_params = trees.regression_params()
   state, ref_state = opt.init(params), ref.init(params)
-  grad = jax.jit(jax.grad(_loss))
+  grad = jax.jit(jax.grad(trees.regression_loss))
   update = jax.jit(opt.update)
   for _ in range(3):  # three big-batch steps
     for j, (xb, yb) in enumerate(micro):
@@ -331,14 +276,14 @@ def test_multisteps_accumulation_equals_one_big_batch_step():
 def test_apply_if_finite_skips_a_nan_step_leaving_params_and_state_untouched():
   inner = rmsprop_jax.rmsprop(0.05, **FULL)
   opt = optax.apply_if_finite(inner, max_consecutive_errors=3)
-  params = _init_params()
+  params = trees.regression_params()
   state = opt.init(params)
   step = jax.jit(opt.update)
-  u, state = step(_grads(0), state, params)
+  u, state = step(trees.grads(0, params), state, params)
   params = optax.apply_updates(params, u)
   before = (params, state.inner_state)
 
-  bad = _grads(1)
+  bad = trees.grads(1, params)
   bad["w"] = bad["w"].at[1, 2].set(jnp.nan)
   u, state = step(bad, state, params)
   after = optax.apply_updates(params, u)
@@ -346,8 +291,8 @@ def test_apply_if_finite_skips_a_nan_step_leaving_params_and_state_untouched():
   assert int(state.notfinite_count) == 1 and not bool(state.last_finite)
 
   # The next finite step continues as if the NaN step never happened.
-  u, state = step(_grads(2), state, after)
-  ref_u, _ = inner.update(_grads(2), before[1], before[0])
+  u, state = step(trees.grads(2, params), state, after)
+  ref_u, _ = inner.update(trees.grads(2, params), before[1], before[0])
   chex.assert_trees_all_close(u, ref_u, rtol=1e-6, atol=0)
   assert int(state.notfinite_count) == 0
 
@@ -357,7 +302,7 @@ def _wd_mask(params: Any) -> Any:
 
 
 def test_masked_optimises_only_the_masked_subtree():
-  params = {**_init_params(), "frozen": jnp.ones((2,))}
+  params = {**trees.regression_params(), "frozen": jnp.ones((2,))}
   mask = {"w": True, "b": True, "frozen": False}
   opt = optax.masked(rmsprop_jax.rmsprop(0.1, **FULL), mask)
   sub = rmsprop_jax.rmsprop(0.1, **FULL)
@@ -367,7 +312,7 @@ def test_masked_optimises_only_the_masked_subtree():
   sub_params = {"w": params["w"], "b": params["b"]}
   sub_state = sub.init(sub_params)
   for i in range(3):
-    g = {**_grads(i), "frozen": jnp.full((2,), 7.0)}
+    g = {**trees.grads(i, sub_params), "frozen": jnp.full((2,), 7.0)}
     u, state = opt.update(g, state, params)
     ref_u, sub_state = sub.update({"w": g["w"], "b": g["b"]}, sub_state, sub_params)
     # masked passes the unmasked leaves' updates through unchanged
@@ -378,7 +323,7 @@ def test_masked_optimises_only_the_masked_subtree():
 
 
 def test_multi_transform_uses_each_groups_hyper_parameters():
-  params = {**_init_params(), "emb": jnp.ones((5, 2))}
+  params = {**trees.regression_params(), "emb": jnp.ones((5, 2))}
   labels = {"w": "dense", "b": "dense", "emb": "embedding"}
   dense = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2)
   emb = dict(learning_rate=0.01, decay=0.99, centered=True)
@@ -396,9 +341,8 @@ def test_multi_transform_uses_each_groups_hyper_parameters():
   }
   state = opt.init(params)
   ref_states = {k: refs[k].init(groups[k](params)) for k in refs}
-  rng = np.random.default_rng(0)
   for i in range(3):
-    g = {**_grads(i), "emb": jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)}
+    g = trees.grads(i, params)
     u, state = opt.update(g, state, params)
     for k in refs:
       ref_u, ref_states[k] = refs[k].update(
@@ -435,10 +379,10 @@ def test_inject_hyperparams_changes_take_effect_and_compile_nothing_new():
   opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(
     learning_rate=0.1, decay=0.9, eps=1e-8, momentum=0.5, weight_decay=1e-3
   )
-  params = _init_params()
+  params = trees.regression_params()
   state = opt.init(params)
-  u, state = opt.update(_grads(0), state, params)  # compiles, once
-  u, state = opt.update(_grads(1), state, params)
+  u, state = opt.update(trees.grads(0, params), state, params)  # compiles, once
+  u, state = opt.update(trees.grads(1, params), state, params)
   changes = [
     ("learning_rate", 0.05),
     ("decay", 0.8),
@@ -452,7 +396,7 @@ def test_inject_hyperparams_changes_take_effect_and_compile_nothing_new():
     for i, (name, value) in enumerate(changes):
       state.hyperparams[name] = value
       inner_before = state.inner_state
-      u, state = opt.update(_grads(2 + i), state, params)
+      u, state = opt.update(trees.grads(2 + i, params), state, params)
       # (the next iteration edits this dict in place: keep a copy)
       used = dict(state.hyperparams)
       steps.append((name, value, inner_before, u, state.inner_state, used))
@@ -461,7 +405,7 @@ def test_inject_hyperparams_changes_take_effect_and_compile_nothing_new():
     # The change is visible in the state and is what the step used.
     np.testing.assert_allclose(used[name], value, rtol=1e-7)
     ref = rmsprop_jax.rmsprop(**used)
-    ref_u, ref_inner = ref.update(_grads(2 + i), inner_before, params)
+    ref_u, ref_inner = ref.update(trees.grads(2 + i, params), inner_before, params)
     _assert_trees_equal((u, inner), (ref_u, ref_inner))
 
 
@@ -469,15 +413,15 @@ def test_inject_hyperparams_under_jit_recompiles_nothing_when_values_change():
   opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(
     learning_rate=0.1, momentum=0.9, weight_decay=1e-3
   )
-  params = _init_params()
+  params = trees.regression_params()
   step = jax.jit(opt.update)
   state = opt.init(params)
-  _, state = step(_grads(0), state, params)
+  _, state = step(trees.grads(0, params), state, params)
   with _count_compilations() as compiled:
     for i, lr in enumerate([0.05, 0.02, 0.01]):
       state.hyperparams["learning_rate"] = jnp.float32(lr)
       state.hyperparams["weight_decay"] = jnp.float32(lr / 10)
-      _, state = step(_grads(i), state, params)
+      _, state = step(trees.grads(i, params), state, params)
   assert compiled == []
 
 
@@ -503,20 +447,22 @@ def test_inject_hyperparams_weight_decay_leaving_zero_compiles_once():
 
 def test_inject_hyperparams_needs_params_when_weight_decay_is_traced():
   opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=0.1)
-  params = _init_params()
+  params = trees.regression_params()
   with pytest.raises(ValueError, match=r"update\(grads, state, params\)"):
-    jax.jit(opt.update)(_grads(0), opt.init(params))
+    jax.jit(opt.update)(trees.grads(0, params), opt.init(params))
 
 
 def test_inject_hyperparams_static_weight_decay_works_without_params():
   opt = optax.inject_hyperparams(rmsprop_jax.rmsprop, static_args="weight_decay")(
     learning_rate=0.1
   )
-  params = _init_params()
+  params = trees.regression_params()
   state = opt.init(params)
   assert "weight_decay" not in state.hyperparams
-  u, _ = jax.jit(opt.update)(_grads(0), state)
-  ref_u, _ = rmsprop_jax.rmsprop(0.1).update(_grads(0), opt.init(params).inner_state)
+  u, _ = jax.jit(opt.update)(trees.grads(0, params), state)
+  ref_u, _ = rmsprop_jax.rmsprop(0.1).update(
+    trees.grads(0, params), opt.init(params).inner_state
+  )
   _assert_trees_equal(u, ref_u)
 
 
@@ -565,15 +511,7 @@ def _train_quadratic(lr: jax.Array, decay: jax.Array, steps: int = 25) -> Any:
   target = jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)
   opt = rmsprop_jax.rmsprop(lr, decay, momentum=0.5, centered=True)
   params = {"w": jnp.zeros((6,), jnp.float32)}
-
-  def body(carry, _):
-    params, state = carry
-    grads = jax.grad(lambda p: jnp.sum((p["w"] - target) ** 2))(params)
-    updates, state = opt.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(body, (params, opt.init(params)), None, steps)
-  return params, state
+  return trees.fit(opt, params, lambda p: jnp.sum((p["w"] - target) ** 2), steps)
 
 
 def test_vmap_over_learning_rates_and_decays_equals_separate_runs():

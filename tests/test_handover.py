@@ -33,29 +33,19 @@ import pytest
 
 import rmsprop_jax
 from tests import _docs
+from tests import _trees as trees
 from tests._compat import enable_x64
 from tests._wrappers import WRAPPERS
 from tests.reference import drivers, loader
 
 TORCH = loader.load_handovers("torch")
 KERAS = loader.load_handovers("keras")
-TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
 Rows = dict[str, np.ndarray]
 
 
 def by_id(handovers: list[loader.Handover], name: str, dtype: str) -> loader.Handover:
   (h,) = [h for h in handovers if h.name == name and h.dtype == dtype]
   return h
-
-
-def assert_close(ours: Rows, theirs: Rows, dtype: str) -> None:
-  """Elementwise within ``tol``, with ``tol`` times the leaf's scale as floor."""
-  tol = TOLERANCE[dtype]
-  for leaf, expected in theirs.items():
-    scale = float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(
-      ours[leaf], expected, rtol=tol, atol=tol * scale, err_msg=f"{leaf}"
-    )
 
 
 def order(h: loader.Handover) -> list[str]:
@@ -78,18 +68,31 @@ def schedule_of(h: loader.Handover) -> Any:
   return schedule
 
 
+def grads_of(h: loader.Handover, start: int, stop: int) -> list[tuple[jax.Array, ...]]:
+  """The recorded gradients of steps ``start`` to ``stop``, in library order."""
+  return [
+    tuple(jnp.asarray(h.grads[leaf][k]) for leaf in order(h))
+    for k in range(start, stop)
+  ]
+
+
 def run(opt: Any, state: Any, h: loader.Handover, start: int, stop: int) -> Rows:
   """Steps ``start`` to ``stop`` on the recorded gradients: the params rows."""
   params = params_at(h, start)
   rows = [params]
-  for k in range(start, stop):
-    grads = tuple(jnp.asarray(h.grads[leaf][k]) for leaf in order(h))
+  for grads in grads_of(h, start, stop):
     updates, state = opt.update(grads, state, params)
     params = optax.apply_updates(params, updates)
     rows.append(params)
   return {
     leaf: np.stack([np.asarray(r[j]) for r in rows]) for j, leaf in enumerate(order(h))
   }
+
+
+def state_at_handover(opt: Any, h: loader.Handover) -> Any:
+  """``opt``'s state after the recorded run's first ``steps_before`` steps."""
+  _, state, _ = trees.run(opt, params_at(h, 0), grads_of(h, 0, h.steps_before))
+  return state
 
 
 def recorded(h: loader.Handover, start: int, stop: int) -> Rows:
@@ -111,7 +114,7 @@ def test_from_torch_continues_as_torch_did(h: loader.Handover) -> None:
       h.state, params_at(h, h.steps_before), lr=schedule_of(h)
     )
     ours = run(opt, state, h, h.steps_before, steps(h))
-  assert_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
+  loader.assert_trajectory_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
 
 
 def test_torch_step_becomes_the_schedules_count() -> None:
@@ -134,7 +137,7 @@ def test_torch_schedule_without_lr_keyword_stays_at_the_current_rate() -> None:
   assert isinstance(state, rmsprop_jax.RMSPropState) and state.count is None
   theirs = recorded(h, h.steps_before, steps(h))
   with pytest.raises(AssertionError):
-    assert_close(ours, theirs, "float32")
+    loader.assert_trajectory_close(ours, theirs, "float32")
 
 
 def test_torch_groups_differing_in_weight_decay_become_one_masked_preset() -> None:
@@ -146,7 +149,9 @@ def test_torch_groups_differing_in_weight_decay_become_one_masked_preset() -> No
     unmasked = rmsprop_jax.torch_rmsprop(lr=0.005, momentum=0.5, weight_decay=0.1)
     ours = run(unmasked, state, h, h.steps_before, steps(h))
   with pytest.raises(AssertionError):
-    assert_close(ours, recorded(h, h.steps_before, steps(h)), "float32")
+    loader.assert_trajectory_close(
+      ours, recorded(h, h.steps_before, steps(h)), "float32"
+    )
 
 
 def torch_preset(h: loader.Handover) -> Any:
@@ -162,13 +167,7 @@ def torch_preset(h: loader.Handover) -> Any:
 @pytest.mark.parametrize("h", TORCH, ids=lambda h: h.id)
 def test_to_torch_equals_torchs_recorded_state(h: loader.Handover) -> None:
   with enable_x64(h.dtype == "float64"):
-    opt = torch_preset(h)
-    params = params_at(h, 0)
-    state = opt.init(params)
-    for k in range(h.steps_before):
-      grads = tuple(jnp.asarray(h.grads[leaf][k]) for leaf in order(h))
-      updates, state = opt.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
+    state = state_at_handover(torch_preset(h), h)
     step = None if h.schedule is not None else h.steps_before  # count, else given
     ours = rmsprop_jax.to_torch(state, step=step, as_numpy=True)
   theirs = h.state["state"]
@@ -178,7 +177,9 @@ def test_to_torch_equals_torchs_recorded_state(h: loader.Handover) -> None:
     assert ours[i]["step"].dtype == np.float32 and ours[i]["step"].shape == ()
     assert ours[i]["step"] == entry["step"] == h.steps_before
     values = {k: x for k, x in ours[i].items() if k != "step"}
-    assert_close(values, {k: x for k, x in entry.items() if k != "step"}, h.dtype)
+    loader.assert_trajectory_close(
+      values, {k: x for k, x in entry.items() if k != "step"}, h.dtype
+    )
 
 
 def test_torch_round_trip_is_exact() -> None:
@@ -331,7 +332,7 @@ def test_from_torch_continues_groups_as_torch_did(h: loader.Handover) -> None:
     opt, state = rmsprop_jax.from_torch(h.state, params_at(h, h.steps_before), lr=lr)
     assert isinstance(state, optax.transforms.PartitionState)
     ours = run(opt, state, h, h.steps_before, steps(h))
-  assert_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
+  loader.assert_trajectory_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
 
 
 # ----------------------------------------------------------- PyTorch, errors
@@ -585,7 +586,9 @@ def test_live_torch_state_dict_continues_in_jax() -> None:
   )
   h = live_handover(trajectory, 4, 6, "float32")
   opt, state = saved["handover"]
-  assert_close(run(opt, state, h, 4, 10), recorded(h, 4, 10), "float32")
+  loader.assert_trajectory_close(
+    run(opt, state, h, 4, 10), recorded(h, 4, 10), "float32"
+  )
 
 
 def test_live_torch_loads_what_to_torch_writes() -> None:
@@ -718,26 +721,20 @@ def test_from_keras_continues_as_keras_did(h: loader.Handover) -> None:
     keras_opt.load_own_variables({str(i): x for i, x in enumerate(h.state.values())})
     opt, state = rmsprop_jax.from_keras(keras_opt, params_at(h, h.steps_before))
     ours = run(opt, state, h, h.steps_before, steps(h))
-  assert_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
+  loader.assert_trajectory_close(ours, recorded(h, h.steps_before, steps(h)), h.dtype)
 
 
 @pytest.mark.parametrize("h", KERAS, ids=lambda h: h.id)
 def test_to_keras_equals_keras_recorded_state(h: loader.Handover) -> None:
   with keras_dtype(h.dtype) as keras:
-    opt = rmsprop_jax.keras_rmsprop(**h.kwargs)
-    params = params_at(h, 0)
-    state = opt.init(params)
-    for k in range(h.steps_before):
-      grads = tuple(jnp.asarray(h.grads[leaf][k]) for leaf in order(h))
-      updates, state = opt.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
+    state = state_at_handover(rmsprop_jax.keras_rmsprop(**h.kwargs), h)
     keras_opt = keras_optimizer(keras, h, h.steps_before)
     rmsprop_jax.to_keras(state, keras_opt, iterations=h.steps_before)
     ours = {v.name: np.asarray(v.value) for v in keras_opt.variables}
   assert list(ours) == list(h.state)
   assert ours.pop("iteration") == h.state["iteration"] == h.steps_before
   theirs = {k: x for k, x in h.state.items() if k != "iteration"}
-  assert_close(ours, theirs, h.dtype)
+  loader.assert_trajectory_close(ours, theirs, h.dtype)
 
 
 # ------------------------------------------------------------------ Keras, live
@@ -787,7 +784,7 @@ def test_live_keras_continues_in_jax(name: str, dtype: str) -> None:
     opt, state = saved["handover"]
     h = live_handover(trajectory, 4, 5, dtype)
     ours = run(opt, state, h, 4, 9)
-  assert_close(ours, recorded(h, 4, 9), dtype)
+  loader.assert_trajectory_close(ours, recorded(h, 4, 9), dtype)
 
 
 @pytest.mark.standard_promotion  # Keras' own schedules

@@ -24,6 +24,7 @@ import pytest
 import rmsprop_jax
 from rmsprop_jax import _low_precision
 from tests import _docs
+from tests import _trees as trees
 from tests._compat import enable_x64
 
 LOW = [jnp.bfloat16, jnp.float16]
@@ -67,12 +68,16 @@ def _neighbours(x32: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
   return lo, hi
 
 
-def _cases(dtype: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Params, float32 updates and compensations, with the awkward cases in.
+def _cases(
+  dtype: Any, update_dtype: str = "float32", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Params, updates and compensations, with the awkward cases in.
 
   Steps far below half a gap, around it, large ones (the value changes by
   more than 2x) and sign changes, where ``new - old`` is often not a
-  ``dtype`` number; for float16 also params in its subnormal range.
+  ``dtype`` number; for float16 also params in its subnormal range. The
+  updates are float32, or rounded to ``dtype`` for ``update_dtype="param"``
+  (e.g. rmsprop's update of a bfloat16 param).
   """
   rng = np.random.default_rng(seed)
   n = 4000
@@ -94,7 +99,7 @@ def _cases(dtype: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarra
     rng.standard_normal(n) * 1e-2,
   ).astype(np.float32)
   c = (rng.uniform(-0.5, 0.5, n) * ulp).astype(dtype)
-  return p, u, c
+  return p, (u.astype(dtype) if update_dtype == "param" else u), c
 
 
 def _kahan_reference(
@@ -115,8 +120,16 @@ def _identity_wrapped(method: str = "kahan", seed: int = 0) -> Any:
 # ------------------------------------------------------------ exact landing
 
 
-UPDATE_DTYPES = pytest.mark.parametrize(
-  "update_dtype", ["float32", "param"], ids=["float32-update", "16-bit-update"]
+# Every 16-bit dtype, with float32 updates and with updates in the param's
+# dtype, eagerly and under jit.
+LANDING = pytest.mark.parametrize(
+  ("dtype", "update_dtype", "jit"),
+  [
+    pytest.param(dtype, update, jit, id=f"{name}-{update_id}-{jit_id}")
+    for dtype, name in zip(LOW, LOW_IDS, strict=True)
+    for update, update_id in [("float32", "float32-update"), ("param", "16-bit-update")]
+    for jit, jit_id in [(False, "eager"), (True, "jit")]
+  ],
 )
 
 
@@ -125,15 +138,11 @@ def _representable(x32: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 @pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
-@JIT
-@UPDATE_DTYPES
-@pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
+@LANDING
 def test_kahan_update_lands_exactly_on_the_rounded_compensated_sum(
   dtype, update_dtype, jit
 ):
-  p, u, c = _cases(dtype)
-  if update_dtype == "param":  # e.g. rmsprop's update of a bfloat16 param
-    u = u.astype(dtype)
+  p, u, c = _cases(dtype, update_dtype)
   opt = _identity_wrapped()
   state = opt.init(jnp.asarray(p))
   state = state._replace(compensation=jnp.asarray(c))
@@ -170,15 +179,11 @@ def test_kahan_update_lands_exactly_on_the_rounded_compensated_sum(
 
 
 @pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
-@JIT
-@UPDATE_DTYPES
-@pytest.mark.parametrize("dtype", LOW, ids=LOW_IDS)
+@LANDING
 def test_stochastic_update_lands_exactly_on_a_neighbour_of_the_sum(
   dtype, update_dtype, jit
 ):
-  p, u, _ = _cases(dtype)
-  if update_dtype == "param":
-    u = u.astype(dtype)
+  p, u, _ = _cases(dtype, update_dtype)
   opt = _identity_wrapped("stochastic")
   state = opt.init(jnp.asarray(p))
   update, _ = _maybe_jit(opt.update, jit)(jnp.asarray(u), state, jnp.asarray(p))
@@ -442,17 +447,11 @@ def test_stochastic_rounding_is_reproducible_for_a_seed_and_differs_across_seeds
 @pytest.mark.standard_promotion  # optax.apply_updates of bfloat16 params and float32 updates
 def test_kahan_keeps_a_thousand_tiny_steps_that_plain_bfloat16_loses():
   params = jnp.ones((4,), jnp.bfloat16)
-  grads = -jnp.ones((4,), jnp.bfloat16)
   inner = optax.sgd(1e-4)
 
   def run(opt: Any, p: jax.Array) -> jax.Array:
-    def step(carry, _):
-      p, s = carry
-      u, s = opt.update(grads, s, p)
-      return (optax.apply_updates(p, u), s), None
-
-    (p, _), _ = jax.lax.scan(step, (p, opt.init(p)), length=1000)
-    return p
+    # a gradient of -1 everywhere, in the params' dtype
+    return trees.fit(opt, p, lambda p: -jnp.sum(p), 1000)[0]
 
   kahan = jax.jit(run, static_argnums=0)(
     rmsprop_jax.low_precision_params(inner), params
@@ -486,13 +485,7 @@ def _regression() -> tuple[Callable[..., jax.Array], dict[str, jax.Array]]:
 
 
 def _train(opt: Any, params: Any, loss: Callable[..., jax.Array], steps: int) -> Any:
-  def step(carry, _):
-    p, s = carry
-    u, s = opt.update(jax.grad(loss)(p), s, p)
-    return (optax.apply_updates(p, u), s), None
-
-  (p, _), _ = jax.lax.scan(step, (params, opt.init(params)), length=steps)
-  return p
+  return trees.fit(opt, params, loss, steps)[0]
 
 
 @pytest.mark.parametrize(

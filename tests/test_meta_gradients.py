@@ -22,6 +22,7 @@ import pytest
 
 import rmsprop_jax
 from tests import _docs
+from tests import _trees as trees
 from tests._compat import enable_x64
 
 NUM_STEPS = 10
@@ -46,7 +47,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, float]]] = {
 }
 
 
-def _data() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _train_and_validation_data() -> tuple[
+  tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]
+]:
+  """A training set (a linear target and a nonlinear term) and a validation set."""
   rng = np.random.default_rng(0)
   w = rng.normal(size=5)
   x_train, x_val = rng.normal(size=(32, 5)), rng.normal(size=(32, 5))
@@ -54,7 +58,7 @@ def _data() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray
   return (x_train, y_train), (x_val, x_val @ w)
 
 
-TRAIN, VAL = _data()
+TRAIN, VAL = _train_and_validation_data()
 
 
 def _loss(params: dict[str, jax.Array], data: tuple[np.ndarray, np.ndarray]):
@@ -67,13 +71,8 @@ def _params0() -> dict[str, jax.Array]:
 
 
 def _val_loss_after_training(opt, opt_state, params):
-  def step(carry, _):
-    params, opt_state = carry
-    grads = jax.grad(_loss)(params, TRAIN)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, opt_state), length=NUM_STEPS)
+  train_loss = lambda params: _loss(params, TRAIN)
+  params, _ = trees.fit(opt, params, train_loss, NUM_STEPS, state=opt_state)
   return _loss(params, VAL)
 
 

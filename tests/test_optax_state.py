@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import rmsprop_jax
 from tests import _docs
+from tests import _trees as trees
 from tests._compat import enable_x64
 from tests._expect import low_precision_warning
 from tests._wrappers import WRAPPERS
@@ -79,36 +80,27 @@ def _optimizers(case: dict[str, Any]):
   return optax.rmsprop(lr, **kw), rmsprop_jax.rmsprop(lr, **kw)
 
 
-def _params() -> dict[str, Any]:
-  """A small tree with a matrix, a vector, a scalar and a list, in float64."""
-  rng = np.random.default_rng(0)
-  return {
-    "dense": {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))},
-    "scale": rng.normal(size=()),
-    "stack": [rng.normal(size=(2,))],
-  }
-
-
-def _cast(tree: Any, dtype: Any) -> Any:
-  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x).astype(dtype)), tree)
-
-
-def _grads(t: int, params: Any) -> Any:
-  rng = np.random.default_rng(100 + t)
-  return jax.tree.map(
-    lambda p: jnp.asarray(rng.normal(size=p.shape) * 2.0 + 0.3).astype(p.dtype),
-    params,
-  )
-
-
 def _run(opt: Any, params: Any, state: Any, steps: int, start: int = 0):
   """``steps`` updates from step ``start``; returns (params, state, updates)."""
-  updates_seen = []
-  for t in range(start, start + steps):
-    updates, state = opt.update(_grads(t, params), state, params)
-    params = optax.apply_updates(params, updates)
-    updates_seen.append(updates)
-  return params, state, updates_seen
+  return trees.run(opt, params, trees.gradients(params, steps, start), state=state)
+
+
+def _first_steps(opt: Any, dtype: Any = np.float64):
+  """``trees.params(dtype)`` after ``K`` steps of ``opt``, and ``opt``'s state."""
+  params = trees.params(dtype)
+  params, state, _ = _run(opt, params, opt.init(params), K)
+  return params, state
+
+
+def _continue_both(ours: Any, state: Any, theirs: Any, optax_state: Any, params: Any):
+  """The next ``N`` steps of each from ``params``: their updates agree to 1e-9.
+
+  Returns the params and state of ours, then those of theirs, after them.
+  """
+  p_ours, s_ours, u_ours = _run(ours, params, state, N, start=K)
+  p_theirs, s_theirs, u_theirs = _run(theirs, params, optax_state, N, start=K)
+  chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+  return (p_ours, s_ours), (p_theirs, s_theirs)
 
 
 def _assert_bitwise(a: Any, b: Any) -> None:
@@ -125,14 +117,11 @@ def _assert_bitwise(a: Any, b: Any) -> None:
 def test_from_optax_continues_as_optax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = _cast(_params(), np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
-
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
-    p_ours, s_ours, u_ours = _run(ours, params, state, N, start=K)
-    p_theirs, s_theirs, u_theirs = _run(theirs, params, optax_state, N, start=K)
-
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    (p_ours, s_ours), (p_theirs, s_theirs) = _continue_both(
+      ours, state, theirs, optax_state, params
+    )
     chex.assert_trees_all_close(p_ours, p_theirs, rtol=1e-9, atol=0)
     chex.assert_trees_all_close(
       s_ours, rmsprop_jax.from_optax(s_theirs), rtol=1e-9, atol=0
@@ -143,22 +132,18 @@ def test_from_optax_continues_as_optax_does_under_x64(name):
 def test_to_optax_continues_as_rmsprop_jax_does_under_x64(name):
   with enable_x64(True):
     theirs, ours = _optimizers(CASES[name])
-    params = _cast(_params(), np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
-
+    params, state = _first_steps(ours)
     optax_state = rmsprop_jax.to_optax(state, jax.eval_shape(theirs.init, params))
-    p_theirs, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    p_ours, _, u_ours = _run(ours, params, state, N, start=K)
-
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    (p_ours, _), (p_theirs, _) = _continue_both(
+      ours, state, theirs, optax_state, params
+    )
     chex.assert_trees_all_close(p_theirs, p_ours, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_step_count_is_the_number_of_updates_applied(name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
-  _, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+  params, optax_state = _first_steps(theirs, np.float32)
   state = rmsprop_jax.from_optax(optax_state)
   if ours.init(params).count is None:
     assert state.count is None
@@ -175,7 +160,7 @@ def test_step_count_is_the_number_of_updates_applied(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_converted_state_has_the_layout_and_dtypes_that_init_allocates(name, dtype):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), dtype)
+  params = trees.params(dtype)
   converted = jax.eval_shape(
     rmsprop_jax.from_optax, jax.eval_shape(theirs.init, params)
   )
@@ -188,7 +173,7 @@ def test_converted_state_has_the_layout_and_dtypes_that_init_allocates(name, dty
 def test_float64_state_stays_float64_under_x64():
   with enable_x64(True):
     theirs, ours = _optimizers(CASES["schedule_bias_correction_centered_nesterov"])
-    params = _cast(_params(), np.float64)
+    params = trees.params(np.float64)
     converted = rmsprop_jax.from_optax(theirs.init(params))
     chex.assert_trees_all_equal_shapes_and_dtypes(converted, ours.init(params))
     assert jax.tree.leaves(converted.nu)[0].dtype == jnp.float64
@@ -197,13 +182,13 @@ def test_float64_state_stays_float64_under_x64():
 @pytest.mark.parametrize("name", list(CASES))
 def test_converted_initial_state_equals_init(name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   _assert_bitwise(rmsprop_jax.from_optax(theirs.init(params)), ours.init(params))
 
 
 def test_to_optax_gives_the_template_dtypes():
   theirs, ours = _optimizers(CASES["centered_momentum"])
-  params = _cast(_params(), jnp.bfloat16)
+  params = trees.params(jnp.bfloat16)
   with low_precision_warning(params):
     state = ours.init(params)
   _, state, _ = _run(ours, params, state, 2)
@@ -227,7 +212,7 @@ def test_complex_parameters_keep_a_real_nu_and_a_complex_buffer():
 
 def test_jitted_conversion_equals_eager_conversion():
   theirs, _ = _optimizers(CASES["schedule_bias_correction_centered_nesterov"])
-  params = _cast(_params(), jnp.bfloat16)
+  params = trees.params(jnp.bfloat16)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), 3)
   state = rmsprop_jax.from_optax(optax_state)
   _assert_bitwise(jax.jit(rmsprop_jax.from_optax)(optax_state), state)
@@ -256,7 +241,7 @@ _OPTIONS = st.fixed_dictionaries(
 )
 def test_optax_state_survives_a_round_trip_bit_for_bit(options, dtype, steps):
   theirs, _ = _optimizers(options)
-  params = _cast(_params(), dtype)
+  params = trees.params(dtype)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), steps)
   back = rmsprop_jax.to_optax(rmsprop_jax.from_optax(optax_state), optax_state)
   _assert_bitwise(back, optax_state)
@@ -281,44 +266,35 @@ def _injected(case: dict[str, Any]):
 def test_injected_schedule_continues_where_optax_left_it(name):
   with enable_x64(True):
     theirs, ours = _injected(CASES[name])
-    params = _cast(_params(), np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
     assert isinstance(state.inner_state, rmsprop_jax.RMSPropState)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_injected_hyperparameters_changed_during_the_run_are_carried():
   with enable_x64(True):
     theirs, ours = _injected(CASES["centered_momentum"])
-    params = _cast(_params(), np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     optax_state.hyperparams["learning_rate"] = jnp.asarray(0.02)
     optax_state.hyperparams["decay"] = jnp.asarray(0.5)
     state = rmsprop_jax.from_optax(optax_state)
     assert float(state.hyperparams["learning_rate"]) == 0.02
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_injected_rmsprop_jax_state_continues_under_injected_optax():
   with enable_x64(True):
     theirs, ours = _injected(CASES["schedule_bias_correction_centered_nesterov"])
-    params = _cast(_params(), np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
+    params, state = _first_steps(ours)
     optax_state = rmsprop_jax.to_optax(state, theirs.init(params))
     assert "weight_decay" not in optax_state.hyperparams  # 0: nothing lost
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_inner_state_of_an_injected_optax_state_converts_alone():
   theirs, _ = _injected(CASES["centered"])
-  params = _cast(_params(), np.float32)
+  params = trees.params(np.float32)
   _, optax_state, _ = _run(theirs, params, theirs.init(params), 2)
   inner = rmsprop_jax.from_optax(optax_state.inner_state)
   _assert_bitwise(inner, rmsprop_jax.from_optax(optax_state).inner_state)
@@ -344,25 +320,21 @@ def _wrapped(wrapper: str):
 def test_from_optax_converts_inside_each_wrapper(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = _cast(_params(), np.float64)
-    params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+    params, optax_state = _first_steps(theirs)
     state = rmsprop_jax.from_optax(optax_state)
     expected = ours.init(params)
     if wrapper == "inject_hyperparams":  # optax.rmsprop has no weight_decay
       del expected.hyperparams["weight_decay"]
     chex.assert_trees_all_equal_structs(state, expected)
     _assert_bitwise(inner(state), rmsprop_jax.from_optax(inner(optax_state)))
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
   theirs, ours, inner = _wrapped(wrapper)
   with enable_x64(True):
-    params = _cast(_params(), np.float64)
-    params, state, _ = _run(ours, params, ours.init(params), K)
+    params, state = _first_steps(ours)
     template = jax.eval_shape(theirs.init, params)
     optax_state = rmsprop_jax.to_optax(state, template)
     chex.assert_trees_all_equal_structs(optax_state, theirs.init(params))
@@ -370,9 +342,7 @@ def test_to_optax_fills_each_wrapper_of_the_template(wrapper):
     _assert_bitwise(inner(optax_state), alone)
     # a bare template takes the one RMSPropState inside the wrappers
     _assert_bitwise(rmsprop_jax.to_optax(state, inner(template)), alone)
-    _, _, u_theirs = _run(theirs, params, optax_state, N, start=K)
-    _, _, u_ours = _run(ours, params, state, N, start=K)
-    chex.assert_trees_all_close(u_theirs, u_ours, rtol=1e-9, atol=0)
+    _continue_both(ours, state, theirs, optax_state, params)
 
 
 def test_to_optax_names_the_paths_of_states_that_do_not_pair():
@@ -412,8 +382,7 @@ def _save_and_restore(tmp_path: pathlib.Path, tree: Any, target: Any = None) -> 
 )
 def test_orbax_round_trip_with_abstract_targets(tmp_path, name):
   theirs, ours = _optimizers(CASES[name])
-  params = _cast(_params(), np.float32)
-  params, optax_state, _ = _run(theirs, params, theirs.init(params), K)
+  params, optax_state = _first_steps(theirs, np.float32)
   restored = _save_and_restore(
     tmp_path, optax_state, jax.eval_shape(theirs.init, params)
   )

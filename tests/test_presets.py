@@ -32,7 +32,6 @@ from tests.reference import drivers, loader
 
 CASES = loader.load_cases()
 EMBEDDING_CASES = loader.load_embedding_cases()  # tables with lazy rows
-TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
 PRESETS = {lib: getattr(rmsprop_jax, name) for lib, name in loader.PRESETS.items()}
 LR = loader.LR_ARGUMENT
 
@@ -42,41 +41,18 @@ def by_id(case_id: str) -> loader.Case:
   return case
 
 
-def assert_trajectory_close(
-  ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], dtype: str
-) -> None:
-  """Elementwise within ``tol``, with ``tol`` times the leaf's scale as floor.
-
-  The floor keeps a coordinate that crosses zero from demanding more than its
-  dtype can give: its error is set by the size of the steps, not its value.
-  """
-  tol = TOLERANCE[dtype]
-  for leaf, expected in theirs.items():
-    scale = float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(
-      ours[leaf], expected, rtol=tol, atol=tol * scale, err_msg=f"leaf {leaf}"
-    )
-
-
-def deviation(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> float:
-  """The largest error relative to each leaf's scale."""
-  return max(
-    float(np.max(np.abs(ours[k] - v)) / np.max(np.abs(v))) for k, v in theirs.items()
-  )
-
-
 # ------------------------------------------------------ recorded trajectories
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_preset_reproduces_recorded_trajectory(case: loader.Case) -> None:
-  assert_trajectory_close(loader.replay(case), case.params, case.dtype)
+  loader.assert_trajectory_close(loader.replay(case), case.params, case.dtype)
 
 
 @pytest.mark.parametrize("case", EMBEDDING_CASES, ids=lambda c: c.id)
 def test_preset_reproduces_recorded_embedding_table(case: loader.Case) -> None:
   # TF's sparse kernels leave rows not looked up as they were: lazy_rows.
-  assert_trajectory_close(loader.replay(case), case.params, case.dtype)
+  loader.assert_trajectory_close(loader.replay(case), case.params, case.dtype)
 
 
 @pytest.mark.standard_promotion  # the schedules, as written for optax
@@ -215,15 +191,17 @@ def test_port_that_forgets_a_difference_misses_the_library(difference: str) -> N
   case = by_id(case_id)
   with enable_x64(True):
     forgetful = loader.replay(case, make())
-  assert deviation(forgetful, case.params) > 100 * TOLERANCE[case.dtype]
-  assert deviation(loader.replay(case), case.params) < TOLERANCE[case.dtype]
+  assert loader.deviation(forgetful, case.params) > 100 * loader.TOLERANCE[case.dtype]
+  assert (
+    loader.deviation(loader.replay(case), case.params) < loader.TOLERANCE[case.dtype]
+  )
 
 
 def test_optax_rmsprop_is_not_torch_rmsprop() -> None:
   case = by_id("torch-eps_1-float64")
   with enable_x64(True):
     optax_port = loader.replay(case, optax.rmsprop(0.05, decay=0.99, eps=1.0))
-  assert deviation(optax_port, case.params) > 100 * TOLERANCE[case.dtype]
+  assert loader.deviation(optax_port, case.params) > 100 * loader.TOLERANCE[case.dtype]
 
 
 # ----------------------------------------------------------------- arguments
@@ -466,12 +444,18 @@ def _spec(case: loader.Case) -> drivers.Spec:
 
 
 def _check_live(
-  library: str, run: Callable[..., drivers.Trajectory], steps: int | None = None
-) -> int:
-  """Runs every recorded configuration live; returns how many were compared.
+  library: str,
+  run: Callable[..., drivers.Trajectory],
+  module: str | None = None,
+  steps: int | None = None,
+) -> None:
+  """Runs every recorded configuration live, where ``module`` imports.
 
-  ``steps`` shortens the runs (default: as many steps as recorded).
+  ``steps`` shortens the runs (default: as many steps as recorded). At least
+  one configuration must be compared.
   """
+  if module is not None:
+    pytest.importorskip(module)
   compared = 0
   for case in CASES:
     if case.library != library:
@@ -485,9 +469,9 @@ def _check_live(
     live = dataclasses.replace(
       case, **run(_spec(case), case.dtype, steps or case.steps)
     )
-    assert_trajectory_close(loader.replay(live), live.params, case.dtype)
+    loader.assert_trajectory_close(loader.replay(live), live.params, case.dtype)
     compared += 1
-  return compared
+  assert compared > 0, f"no recorded {library} configuration was run"
 
 
 def test_live_keras_matches_preset() -> None:
@@ -496,17 +480,15 @@ def test_live_keras_matches_preset() -> None:
     pytest.skip("keras was imported with another backend")
   # Keras runs eagerly, step by step; 12 steps pass the schedules' first
   # boundaries, and the recorded files hold the full 30.
-  assert _check_live("keras", drivers.run_keras, steps=12) > 0
+  _check_live("keras", drivers.run_keras, steps=12)
 
 
 def test_live_torch_matches_preset() -> None:
-  pytest.importorskip("torch")
-  assert _check_live("torch", drivers.run_torch) > 0
+  _check_live("torch", drivers.run_torch, "torch")
 
 
 def test_live_tensorflow_v1_matches_preset() -> None:
-  pytest.importorskip("tensorflow")
-  assert _check_live("tf1", drivers.run_tf1) > 0
+  _check_live("tf1", drivers.run_tf1, "tensorflow")
 
 
 def test_live_timm_matches_preset() -> None:
@@ -515,14 +497,12 @@ def test_live_timm_matches_preset() -> None:
     drivers.timm_rmsprop_tf_class()
   except ImportError:
     pytest.skip("timm is not installed")
-  assert _check_live("timm", drivers.run_timm) > 0
+  _check_live("timm", drivers.run_timm)
 
 
 def test_live_tf_keras_legacy_matches_preset() -> None:
-  pytest.importorskip("tf_keras")
-  assert _check_live("tf_keras_legacy", drivers.run_tf_keras_legacy) > 0
+  _check_live("tf_keras_legacy", drivers.run_tf_keras_legacy, "tf_keras")
 
 
 def test_live_tf_keras_matches_preset() -> None:
-  pytest.importorskip("tf_keras")
-  assert _check_live("tf_keras", drivers.run_tf_keras) > 0
+  _check_live("tf_keras", drivers.run_tf_keras, "tf_keras")

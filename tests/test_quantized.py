@@ -238,7 +238,8 @@ def test_repeated_stores_round_up_for_the_designed_share_of_steps(dtype, kind):
 # ------------------------------------------------------- optimizer state
 
 
-def _params():
+def _quantizable_params():
+  """Three leaves large enough to be block-quantized (w, v, conv), one not (b)."""
   k = jax.random.split(jax.random.key(0), 4)
   return {
     "w": jax.random.normal(k[0], (64, 300)),
@@ -248,9 +249,11 @@ def _params():
   }
 
 
-def _grads(i):
+def _quantizable_grads(i):
+  """Gradient ``i`` for ``_quantizable_params``."""
   return jax.tree.map(
-    lambda p: jax.random.normal(jax.random.key(100 + i), p.shape), _params()
+    lambda p: jax.random.normal(jax.random.key(100 + i), p.shape),
+    _quantizable_params(),
   )
 
 
@@ -265,11 +268,11 @@ def _full(dtype):
 
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_state_keeps_structure_logical_shapes_and_dtype(dtype):
-  params = _params()
+  params = _quantizable_params()
   opt = _full(dtype)
   state = opt.init(params)
   for _ in range(2):
-    _, state = opt.update(_grads(0), state, params)
+    _, state = opt.update(_quantizable_grads(0), state, params)
   for field, kind in [("nu", "sqrt"), ("mu", "signed"), ("trace", "signed")]:
     tree = getattr(state, field)
     assert set(tree) == set(params)
@@ -424,8 +427,8 @@ def test_nu_decays_by_10x_within_100_steps_once_the_gradient_stops(dtype):
 
 
 def test_float8_e5m2_and_e4m3fn_follow_the_float32_update_closely():
-  params = _params()
-  grads = [_grads(i) for i in range(5)]
+  params = _quantizable_params()
+  grads = [_quantizable_grads(i) for i in range(5)]
   runs = {}
   for dtype in (None, jnp.float8_e4m3fn, jnp.float8_e5m2):
     # Not centred: nu - mu^2 cancels and would magnify any error.
@@ -454,13 +457,13 @@ def test_float8_e5m2_and_e4m3fn_follow_the_float32_update_closely():
   ids=["torch", "keras", "tf1", "timm"],
 )
 def test_presets_take_8bit_state_and_follow_their_float32_run(preset):
-  params = _params()
+  params = _quantizable_params()
   runs = {}
   for dtype in (None, jnp.float8_e4m3fn):
     opt = preset(state_dtype=dtype)
     state = opt.init(params)
     for i in range(5):
-      u, state = opt.update(_grads(i), state, params)
+      u, state = opt.update(_quantizable_grads(i), state, params)
     runs[dtype] = u
   assert isinstance(state.nu["w"], q.QuantizedArray)
   want, got = np.asarray(runs[None]["w"]), np.asarray(runs[jnp.float8_e4m3fn]["w"])
@@ -470,13 +473,13 @@ def test_presets_take_8bit_state_and_follow_their_float32_run(preset):
 
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_eager_and_jit_updates_are_bit_identical(dtype):
-  params = _params()
+  params = _quantizable_params()
   opt = _full(dtype)
 
   def run(update):
     state = opt.init(params)
     for i in range(3):
-      u, state = update(_grads(i), state, params)
+      u, state = update(_quantizable_grads(i), state, params)
     return u, state
 
   eager = run(opt.update)
@@ -489,8 +492,10 @@ def test_eager_and_jit_updates_are_bit_identical(dtype):
 
 
 def test_vmap_over_a_batch_of_models_equals_one_model_at_a_time():
-  params = {"w": jnp.stack([_params()["w"], 2 * _params()["w"]])}
-  grads = {"w": jnp.stack([_grads(0)["w"], _grads(1)["w"]])}
+  params = {
+    "w": jnp.stack([_quantizable_params()["w"], 2 * _quantizable_params()["w"]])
+  }
+  grads = {"w": jnp.stack([_quantizable_grads(0)["w"], _quantizable_grads(1)["w"]])}
   opt = _full(jnp.float8_e4m3fn)
   u, state = jax.vmap(opt.update)(grads, jax.vmap(opt.init)(params), params)
   for i in range(2):
@@ -502,7 +507,7 @@ def test_vmap_over_a_batch_of_models_equals_one_model_at_a_time():
 
 @pytest.mark.standard_promotion  # optax.MultiSteps
 def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
-  params = _params()
+  params = _quantizable_params()
   schedule = optax.linear_schedule(0.01, 0.001, 10)
   base = optax.inject_hyperparams(rmsprop_jax.rmsprop, static_args=("state_dtype",))
   opt = optax.MultiSteps(
@@ -518,13 +523,13 @@ def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
   state = opt.init(params)
   step = jax.jit(opt.update)
   for i in range(4):
-    u, state = step(_grads(i), state, params)
+    u, state = step(_quantizable_grads(i), state, params)
   inner = state.inner_opt_state.inner_state[1].inner_state
   assert isinstance(inner.nu["w"], q.QuantizedArray)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
   # Two NaN mini-steps make one NaN step of apply_if_finite: it is skipped, with
   # zero updates, and the 8-bit state it wraps is kept bit for bit.
-  bad = jax.tree.map(lambda x: x * jnp.nan, _grads(9))
+  bad = jax.tree.map(lambda x: x * jnp.nan, _quantizable_grads(9))
   u_nan, state_nan = step(bad, state, params)
   u_nan, state_nan = step(bad, state_nan, params)
   finite = state_nan.inner_opt_state
@@ -536,19 +541,19 @@ def test_inject_hyperparams_schedule_and_optax_wrappers_run_with_8bit_state():
 
 def test_orbax_checkpoint_restores_8bit_state_and_continues_bit_exactly(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  params = _params()
+  params = _quantizable_params()
   opt = _full(jnp.float8_e4m3fn)
   step = jax.jit(opt.update)
   state = opt.init(params)
-  _, state = step(_grads(0), state, params)
+  _, state = step(_quantizable_grads(0), state, params)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(tmp_path / "ckpt", state)
   abstract = jax.eval_shape(opt.init, params)
   with ocp.StandardCheckpointer() as ckptr:
     restored = ckptr.restore(tmp_path / "ckpt", abstract)
   assert isinstance(restored.nu["w"], q.QuantizedArray)
-  want = step(_grads(1), state, params)
-  got = step(_grads(1), restored, params)
+  want = step(_quantizable_grads(1), state, params)
+  got = step(_quantizable_grads(1), restored, params)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
     assert a.dtype == b.dtype
     np.testing.assert_array_equal(
@@ -637,7 +642,7 @@ def test_fsdp_sharded_state_keeps_whole_blocks_per_shard_without_collectives():
 
 
 def test_jitted_init_equals_eager_init():
-  params = _params()
+  params = _quantizable_params()
   opt = _full(jnp.float8_e4m3fn)
   eager = opt.init(params)
   jitted = jax.jit(opt.init)(params)

@@ -25,6 +25,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import recipes
+from tests import _trees as trees
 from tests._compat import enable_x64
 
 Tree = dict[str, np.ndarray]
@@ -34,8 +35,7 @@ RTOL = 1e-9
 
 
 def _init_params() -> Tree:
-  rng = np.random.default_rng(0)
-  return {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(4,))}
+  return trees.numpy_params(np.float64)["dense"]  # w (3, 4) and b (4,)
 
 
 # Per-coordinate gradient scales from 1e-3 to 10, so that every recipe's eps
@@ -46,7 +46,7 @@ _SCALES = {
 }
 
 
-def _grads(params: Tree, step: int) -> Tree:
+def _param_dependent_grads(params: Tree, step: int) -> Tree:
   """A gradient that depends on the parameters (so weight decay matters) plus
   noise with a mean, so that the centred variance is not the raw second moment.
   """
@@ -57,7 +57,7 @@ def _grads(params: Tree, step: int) -> Tree:
   }
 
 
-def _run(
+def _assert_follows(
   tx: optax.GradientTransformation,
   reference: Callable[[Tree, Tree, int], Tree],
   steps: int,
@@ -75,7 +75,7 @@ def _run(
     update = jax.jit(tx.update)
     ref = {k: v.copy() for k, v in p0.items()}
     for step in range(steps):
-      g = _grads(ref, step)
+      g = _param_dependent_grads(ref, step)
       updates, state = update(jax.tree.map(jnp.asarray, g), state, params)
       params = optax.apply_updates(params, updates)
       ref = reference(ref, g, step)
@@ -154,12 +154,8 @@ class TF1RMSProp:
     clip_norm: float | None = None,
   ):
     self.lr, self.rho, self.m, self.eps = lr, decay, momentum, epsilon
-    self.centered, self.l2, self.decays, self.clip_norm = (
-      centered,
-      loss_l2,
-      decays,
-      clip_norm,
-    )
+    self.centered, self.l2 = centered, loss_l2
+    self.decays, self.clip_norm = decays, clip_norm
     self.ms = {k: np.ones_like(v) for k, v in params.items()}
     self.mg = {k: np.zeros_like(v) for k, v in params.items()}
     self.mom = {k: np.zeros_like(v) for k, v in params.items()}
@@ -197,13 +193,8 @@ class TorchRMSprop:
     weight_decay: float,
     momentum: float,
   ):
-    self.lr, self.alpha, self.eps, self.wd, self.m = (
-      lr,
-      alpha,
-      eps,
-      weight_decay,
-      momentum,
-    )
+    self.lr, self.alpha, self.eps = lr, alpha, eps
+    self.wd, self.m = weight_decay, momentum
     self.square_avg = {k: np.zeros_like(v) for k, v in params.items()}
     self.buf = {k: np.zeros_like(v) for k, v in params.items()}
 
@@ -308,29 +299,80 @@ def slim_lr(
 
 
 def test_dqn_nature_matches_the_lua_neural_q_learner():
-  _run(recipes.dqn_nature(), LuaDQN(_init_params(), lr_start=0.00025), steps=25)
+  _assert_follows(
+    recipes.dqn_nature(), LuaDQN(_init_params(), lr_start=0.00025), steps=25
+  )
 
 
 def test_dqn_nature_matches_lua_at_a_large_learning_rate():
   # At 2.5e-4 the parameters barely move; a large rate makes any difference in
   # the statistics visible in the trajectory.
-  _run(recipes.dqn_nature(learning_rate=0.3), LuaDQN(_init_params(), lr_start=0.3), 25)
+  _assert_follows(
+    recipes.dqn_nature(learning_rate=0.3), LuaDQN(_init_params(), lr_start=0.3), 25
+  )
 
 
 def test_dqn_dopamine_matches_tf1_centered_kernel():
   ref = TF1RMSProp(_init_params(), lambda k: 0.00025, 0.95, 0.0, 0.00001, centered=True)
-  _run(recipes.dqn_dopamine(), ref, steps=25)
+  _assert_follows(recipes.dqn_dopamine(), ref, steps=25)
+
+
+# The references configured as each code base configures its optimizer; the
+# tests below vary what the recipe's arguments vary.
+
+
+def _impala_reference(
+  frames_per_step: int, total: int, momentum: float = 0.0, clip_norm=None
+) -> TF1RMSProp:
+  """IMPALA's optimizer: decay 0.99, epsilon 0.1, a decay over frames seen."""
+  return TF1RMSProp(
+    _init_params(),
+    lambda k: tf_polynomial_decay(0.05, k * frames_per_step, total),
+    decay=0.99,
+    momentum=momentum,
+    epsilon=0.1,
+    clip_norm=clip_norm,
+  )
+
+
+def _efficientnet_reference(lr0: float, batch: int, images: int, l2: float):
+  """The TPU EfficientNet's optimizer: decay 0.9, momentum 0.9, epsilon 1e-3."""
+  return TF1RMSProp(
+    _init_params(),
+    lambda k: efficientnet_lr(lr0, k, images / batch),
+    decay=0.9,
+    momentum=0.9,
+    epsilon=0.001,
+    loss_l2=l2,
+    decays=_kernels,
+  )
+
+
+def _slim_reference(
+  samples: int, batch: int, epochs_per_decay: float, rate: float, clip_norm=None
+) -> TF1RMSProp:
+  """slim's ``train_image_classifier.py`` flags for RMSProp, l2 4e-5 on kernels."""
+  return TF1RMSProp(
+    _init_params(),
+    lambda k: slim_lr(0.045, k, samples, batch, epochs_per_decay, rate),
+    decay=0.9,
+    momentum=0.9,
+    epsilon=1.0,
+    loss_l2=4e-5,
+    decays=_kernels,
+    clip_norm=clip_norm,
+  )
+
+
+def _torchvision_reference(lr: Callable[[int], float], weight_decay: float):
+  """torchvision's MobileNetV3 recipe: alpha 0.9, eps 0.0316, momentum 0.9."""
+  return TorchRMSprop(
+    _init_params(), lr, alpha=0.9, eps=0.0316, weight_decay=weight_decay, momentum=0.9
+  )
 
 
 def test_impala_matches_tf1_kernel_and_frame_count_schedule():
   frames_per_step, total = 2 * 5 * 2, 400  # reaches zero at step 20
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: tf_polynomial_decay(0.05, k * frames_per_step, total),
-    decay=0.99,
-    momentum=0.0,
-    epsilon=0.1,
-  )
   tx = recipes.impala(
     learning_rate=0.05,
     total_environment_frames=total,
@@ -338,18 +380,11 @@ def test_impala_matches_tf1_kernel_and_frame_count_schedule():
     unroll_length=5,
     num_action_repeats=2,
   )
-  _run(tx, ref, steps=24)
+  _assert_follows(tx, _impala_reference(frames_per_step, total), steps=24)
 
 
 def test_impala_with_momentum_and_clipping():
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: tf_polynomial_decay(0.05, k * 800, 10**5),
-    decay=0.99,
-    momentum=0.5,
-    epsilon=0.1,
-    clip_norm=40.0,
-  )
+  ref = _impala_reference(800, 10**5, momentum=0.5, clip_norm=40.0)
   tx = recipes.impala(
     learning_rate=0.05,
     momentum=0.5,
@@ -357,7 +392,7 @@ def test_impala_with_momentum_and_clipping():
     batch_size=2,
     max_grad_norm=40.0,
   )
-  _run(tx, ref, steps=21)
+  _assert_follows(tx, ref, steps=21)
 
 
 def test_a2c_matches_baselines_clipping_tf1_kernel_and_scheduler():
@@ -372,121 +407,60 @@ def test_a2c_matches_baselines_clipping_tf1_kernel_and_scheduler():
     clip_norm=0.5,
   )
   tx = recipes.a2c(batch_size=nbatch, total_timesteps=total, learning_rate=0.05)
-  _run(tx, ref, steps=25)
+  _assert_follows(tx, ref, steps=25)
 
 
 def test_efficientnet_matches_tpu_reference():
   # 40 images at batch 16: 2.5 steps per epoch, warm-up to step 12, decay
   # every 6 steps (2.4 epochs) counted from step 0.
   batch, images = 16, 40
-  lr0 = 0.016 * batch / 256
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: efficientnet_lr(lr0, k, images / batch),
-    decay=0.9,
-    momentum=0.9,
-    epsilon=0.001,
-    loss_l2=1e-5,
-    decays=_kernels,
+  ref = _efficientnet_reference(0.016 * batch / 256, batch, images, l2=1e-5)
+  _assert_follows(
+    recipes.efficientnet(batch_size=batch, num_train_images=images), ref, 26
   )
-  _run(recipes.efficientnet(batch_size=batch, num_train_images=images), ref, 26)
 
 
 def test_efficientnet_weight_decay_is_the_l2_loss_gradient():
   # A large coefficient, so that a factor of 2 (l2_loss is |w|^2 / 2) or a
   # decayed bias would show.
   batch, images = 16, 40
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: efficientnet_lr(0.5, k, images / batch),
-    decay=0.9,
-    momentum=0.9,
-    epsilon=0.001,
-    loss_l2=0.3,
-    decays=_kernels,
-  )
+  ref = _efficientnet_reference(0.5, batch, images, l2=0.3)
   tx = recipes.efficientnet(
     batch_size=batch,
     num_train_images=images,
     base_learning_rate=0.5 * 256 / batch,
     weight_decay=0.3,
   )
-  _run(tx, ref, steps=22)
+  _assert_follows(tx, ref, steps=22)
 
 
 def test_inception_v3_matches_slim():
   # 100 samples at batch 32: decay_steps = int(6.25) = 6.
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: slim_lr(0.045, k, 100, 32, 2.0, 0.94),
-    decay=0.9,
-    momentum=0.9,
-    epsilon=1.0,
-    loss_l2=4e-5,
-    decays=_kernels,
-  )
-  _run(recipes.inception_v3(num_samples_per_epoch=100), ref, steps=22)
+  ref = _slim_reference(100, 32, 2.0, 0.94)
+  _assert_follows(recipes.inception_v3(num_samples_per_epoch=100), ref, steps=22)
 
 
 def test_inception_v3_with_the_papers_clipping():
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: slim_lr(0.045, k, 100, 32, 2.0, 0.94),
-    decay=0.9,
-    momentum=0.9,
-    epsilon=1.0,
-    loss_l2=4e-5,
-    decays=_kernels,
-    clip_norm=2.0,
-  )
+  ref = _slim_reference(100, 32, 2.0, 0.94, clip_norm=2.0)
   tx = recipes.inception_v3(num_samples_per_epoch=100, max_grad_norm=2.0)
-  _run(tx, ref, steps=21)
+  _assert_follows(tx, ref, steps=21)
 
 
 def test_mobilenet_v2_matches_slim():
   # 500 samples at batch 96: decay_steps = int(5.2) = 5.
-  ref = TF1RMSProp(
-    _init_params(),
-    lambda k: slim_lr(0.045, k, 500, 96, 1.0, 0.98),
-    decay=0.9,
-    momentum=0.9,
-    epsilon=1.0,
-    loss_l2=4e-5,
-    decays=_kernels,
-  )
-  _run(recipes.mobilenet_v2(num_samples_per_epoch=500), ref, steps=21)
+  ref = _slim_reference(500, 96, 1.0, 0.98)
+  _assert_follows(recipes.mobilenet_v2(num_samples_per_epoch=500), ref, steps=21)
 
 
 def test_torchvision_mobilenet_v3_matches_torch_rmsprop_and_step_lr():
   # StepLR(step_size=2, gamma=0.973) stepped once per epoch of 3 steps.
-  ref = TorchRMSprop(
-    _init_params(),
-    lambda k: 0.064 * 0.973 ** ((k // 3) // 2),
-    alpha=0.9,
-    eps=0.0316,
-    weight_decay=1e-5,
-    momentum=0.9,
-  )
-  _run(recipes.torchvision_mobilenet_v3(steps_per_epoch=3), ref, steps=22)
+  ref = _torchvision_reference(lambda k: 0.064 * 0.973 ** ((k // 3) // 2), 1e-5)
+  _assert_follows(recipes.torchvision_mobilenet_v3(steps_per_epoch=3), ref, steps=22)
 
 
 def test_torchvision_mask_excludes_leaves_from_weight_decay():
-  ref = TorchRMSprop(
-    _init_params(),
-    lambda k: 0.01,
-    alpha=0.9,
-    eps=0.0316,
-    weight_decay=0.5,
-    momentum=0.9,
-  )
-  no_decay = TorchRMSprop(
-    _init_params(),
-    lambda k: 0.01,
-    alpha=0.9,
-    eps=0.0316,
-    weight_decay=0.0,
-    momentum=0.9,
-  )
+  ref = _torchvision_reference(lambda k: 0.01, weight_decay=0.5)
+  no_decay = _torchvision_reference(lambda k: 0.01, weight_decay=0.0)
 
   def split(param: Tree, grad: Tree, step: int) -> Tree:
     # Two parameter groups: "w" with weight decay, "b" without.
@@ -500,16 +474,18 @@ def test_torchvision_mask_excludes_leaves_from_weight_decay():
     weight_decay=0.5,
     weight_decay_mask=recipes.kernels_only,
   )
-  _run(tx, split, steps=20)
+  _assert_follows(tx, split, steps=20)
 
 
 def test_graves2013_matches_equations_38_to_41():
-  _run(recipes.graves2013(), Graves2013(_init_params(), 0.95, 0.9, 1e-4, 1e-4), 25)
+  _assert_follows(
+    recipes.graves2013(), Graves2013(_init_params(), 0.95, 0.9, 1e-4, 1e-4), 25
+  )
 
 
 def test_graves2013_matches_equations_at_a_large_learning_rate():
   ref = Graves2013(_init_params(), 0.95, 0.9, 0.05, 1e-4)
-  _run(recipes.graves2013(learning_rate=0.05), ref, steps=25)
+  _assert_follows(recipes.graves2013(learning_rate=0.05), ref, steps=25)
 
 
 # ------------------------------ schedules at the sources' real sizes

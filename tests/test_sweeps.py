@@ -21,6 +21,7 @@ import pytest
 
 import rmsprop_jax
 from tests import _docs
+from tests import _trees as trees
 from tests._compat import enable_x64
 
 STEPS = 15
@@ -45,13 +46,14 @@ POINTS = list(np.ndindex(GRID_SHAPE))
 # Batched and lone programs may round differently (another summation order in
 # the matrix products); the parameters are of order 1, and 15 steps amplify
 # float64 round-off to a few 1e-13 at most.
-TOLERANCE = dict(rtol=1e-12, atol=1e-12)
+BATCHED_VS_ALONE = dict(rtol=1e-12, atol=1e-12)
 
 _X = np.random.default_rng(0).normal(size=(16, 3))
 _Y = np.sin(_X.sum(axis=1))
 
 
-def _init(seed: int) -> dict[str, np.ndarray]:
+def _mlp_params(seed: int) -> dict[str, np.ndarray]:
+  """The starting weights of a tanh MLP on (_X, _Y), drawn with ``seed``."""
   rng = np.random.default_rng(seed)
   return {
     "w1": rng.normal(size=(3, 8)) / 2,
@@ -73,13 +75,7 @@ def _train_traced(lr, eps, decay, params, structure):
   opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(
     learning_rate=lr, decay=decay, eps=eps, **structure
   )
-
-  def step(carry, _):
-    params, state = carry
-    updates, state = opt.update(jax.grad(_loss)(params), state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(step, (params, opt.init(params)), length=STEPS)
+  params, state = trees.fit(opt, params, _loss, STEPS)
   return params, state.hyperparams
 
 
@@ -89,7 +85,7 @@ def _sweep(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   grid = np.meshgrid(LEARNING_RATES, EPSILONS, DECAYS, SEEDS, indexing="ij")
   lr, eps, decay, seed = (a.ravel() for a in grid)
   # The seed axis: each member starts from its seed's parameters.
-  params = jax.tree.map(lambda *leaves: np.stack(leaves), *map(_init, seed))
+  params = jax.tree.map(lambda *leaves: np.stack(leaves), *map(_mlp_params, seed))
   train = functools.partial(_train_traced, structure=STRUCTURES[name])
   params, hyperparams = jax.jit(jax.vmap(train))(lr, eps, decay, params)
   reshape = lambda a: np.asarray(a).reshape(GRID_SHAPE + a.shape[1:])
@@ -106,7 +102,7 @@ def _train_alone(point: tuple[int, ...], name: str) -> dict[str, Any]:
 
 
 def _run_alone(opt: optax.GradientTransformation, seed: int) -> dict[str, Any]:
-  params = _init(seed)
+  params = _mlp_params(seed)
   state = opt.init(params)
   for _ in range(STEPS):
     updates, state = opt.update(_grad(params), state, params)
@@ -131,7 +127,7 @@ def test_each_member_equals_its_configuration_run_alone(name):
       alone = _train_alone(point, name)
       for key in alone:
         np.testing.assert_allclose(
-          member[key], alone[key], **TOLERANCE, err_msg=f"{name} {point} {key}"
+          member[key], alone[key], **BATCHED_VS_ALONE, err_msg=f"{name} {point} {key}"
         )
       # The member's state names the configuration it trained with.
       i, j, k, _ = point
@@ -168,24 +164,19 @@ def test_switch_over_presets_equals_each_preset_alone():
   # index can pick the optimizer with lax.switch inside a vmapped run.
   def train(preset, lr, params):
     opts = [make(lr) for make in PRESETS]
-    state = jax.lax.switch(preset, [opt.init for opt in opts], params)
-
-    def step(carry, _):
-      params, state = carry
-      grads = jax.grad(_loss)(params)
-      updates, state = jax.lax.switch(
+    switched = optax.GradientTransformation(
+      lambda params: jax.lax.switch(preset, [opt.init for opt in opts], params),
+      lambda grads, state, params: jax.lax.switch(
         preset, [opt.update for opt in opts], grads, state, params
-      )
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, state), length=STEPS)
-    return params
+      ),
+    )
+    return trees.fit(switched, params, _loss, STEPS)[0]
 
   with enable_x64(True):
     lrs = (1e-3, 3e-2)
     grid = np.meshgrid(np.arange(len(PRESETS)), lrs, SEEDS[:2], indexing="ij")
     preset, lr, seed = (a.ravel() for a in grid)
-    params = jax.tree.map(lambda *leaves: np.stack(leaves), *map(_init, seed))
+    params = jax.tree.map(lambda *leaves: np.stack(leaves), *map(_mlp_params, seed))
     swept = jax.jit(jax.vmap(train))(preset, lr, params)
     swept = jax.tree.map(
       lambda a: np.asarray(a).reshape(grid[0].shape + a.shape[1:]), swept
@@ -195,7 +186,7 @@ def test_switch_over_presets_equals_each_preset_alone():
       params = _run_alone(PRESETS[p](lrs[i]), SEEDS[s])
       member = _member(swept, point)
       for key in params:
-        np.testing.assert_allclose(member[key], params[key], **TOLERANCE)
+        np.testing.assert_allclose(member[key], params[key], **BATCHED_VS_ALONE)
       other = _member(swept, ((p + 1) % len(PRESETS), i, s))
       assert _largest_difference(other, params) > 1e-6
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import chex
 import jax
@@ -13,6 +14,12 @@ import pytest
 
 import rmsprop_jax
 from tests import _compat
+
+
+def _assert_refused(kwargs: dict[str, Any], message: str) -> None:
+  """``rmsprop(**kwargs)``, learning rate 0.1 unless given, raises ``message``."""
+  with pytest.raises(ValueError, match=re.escape(message)):
+    rmsprop_jax.rmsprop(**{"learning_rate": 0.1, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -46,10 +53,7 @@ from tests import _compat
   ids=lambda x: x if isinstance(x, str) else None,
 )
 def test_bad_hyperparameters_raise_value_error(kwargs, message):
-  kwargs = dict(kwargs)
-  lr = kwargs.pop("learning_rate", 0.1)
-  with pytest.raises(ValueError, match=re.escape(message)):
-    rmsprop_jax.rmsprop(lr, **kwargs)
+  _assert_refused(kwargs, message)
 
 
 @pytest.mark.parametrize(
@@ -78,10 +82,7 @@ def test_bad_hyperparameters_raise_value_error(kwargs, message):
   ids=lambda x: x if isinstance(x, str) else None,
 )
 def test_options_that_need_another_are_refused_without_it(kwargs, message):
-  kwargs = dict(kwargs)
-  lr = kwargs.pop("learning_rate", 0.1)
-  with pytest.raises(ValueError, match=re.escape(message)):
-    rmsprop_jax.rmsprop(lr, **kwargs)
+  _assert_refused(kwargs, message)
 
 
 def test_timm_corrected_weight_decay_with_a_schedule_asks_for_max_lr_by_name():

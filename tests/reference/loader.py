@@ -60,8 +60,8 @@ EMBEDDING_LIBRARIES = ("tf1", "tf_keras_legacy")
 
 
 @dataclasses.dataclass(frozen=True)
-class Case:
-  """One recorded trajectory.
+class Recording:
+  """What every recording holds: the library, its configuration and dtype.
 
   Attributes:
     library: one of :data:`LIBRARIES`.
@@ -74,6 +74,21 @@ class Case:
     weight_decay_mask: ``None`` or ``{leaf: bool}``, True where weight decay
       applies (a PyTorch/timm parameter group with ``weight_decay=0``, Keras'
       ``exclude_from_weight_decay``).
+  """
+
+  library: str
+  name: str
+  dtype: str
+  kwargs: dict[str, Any]
+  schedule: dict[str, Any] | None
+  weight_decay_mask: dict[str, bool] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case(Recording):
+  """One recorded trajectory: a :class:`Recording` and the following.
+
+  Attributes:
     global_clipnorm: ``None`` or Keras' ``global_clipnorm``.
     hyperparameter_dtype: ``None``, or ``"float32"`` when the library rounded
       the float hyper-parameters in ``kwargs`` to float32 before using them
@@ -93,12 +108,6 @@ class Case:
       the preset's ``lazy_rows``.
   """
 
-  library: str
-  name: str
-  dtype: str
-  kwargs: dict[str, Any]
-  schedule: dict[str, Any] | None
-  weight_decay_mask: dict[str, bool] | None
   global_clipnorm: float | None
   hyperparameter_dtype: str | None
   float32_hyperparameters: dict[str, float] | None
@@ -330,16 +339,13 @@ def assert_trajectory_close(
 
 
 @dataclasses.dataclass(frozen=True)
-class Handover:
+class Handover(Recording):
   """An optimizer's state in the middle of a run, with the whole run around it.
 
+  A :class:`Recording` (``library`` is ``"torch"`` or ``"keras"``, ``name``
+  e.g. ``"two_groups"``) and the following.
+
   Attributes:
-    library: ``"torch"`` or ``"keras"``.
-    name: the configuration's name, e.g. ``"two_groups"``.
-    dtype: ``"float64"`` or ``"float32"``.
-    kwargs: constructor arguments under the library's names.
-    schedule: ``None`` or the learning-rate schedule, as in :class:`Case`.
-    weight_decay_mask: ``None`` or ``{leaf: bool}``, as in :class:`Case`.
     steps_before: steps taken when the state was read.
     steps_after: steps taken after that.
     state: PyTorch: ``optimizer.state_dict()`` with ``state`` keyed by the
@@ -363,12 +369,6 @@ class Handover:
       given to the constructor, with ``kwargs`` the constructor's defaults.
   """
 
-  library: str
-  name: str
-  dtype: str
-  kwargs: dict[str, Any]
-  schedule: dict[str, Any] | None
-  weight_decay_mask: dict[str, bool] | None
   steps_before: int
   steps_after: int
   state: dict[str, Any]
