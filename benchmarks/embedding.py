@@ -166,7 +166,7 @@ def bench_variant(
 
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
   t0 = time.perf_counter()
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  log = lambda s: print(s, file=sys.stderr, flush=True)
   info = machine()
   log("bandwidth ...")
   info["bandwidth"] = stream_bandwidth(cfg.stream_bytes, cfg.stream_timing)

@@ -422,7 +422,7 @@ def machine_slug(info: dict[str, Any]) -> str:
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
   t0 = time.perf_counter()
   info = machine()
-  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  log = lambda s: print(s, file=sys.stderr, flush=True)
   result: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "machine": info}
   result["slug"] = machine_slug(info)
   result["config"] = {

@@ -65,8 +65,8 @@ def scalars(
 
   ``count`` is the step count after this update (``k + 1``).
   """
-  cast = lambda x: jnp.asarray(x).astype(dtype)  # noqa: E731
-  maybe = lambda x: None if x is None else cast(x)  # noqa: E731
+  cast = lambda x: jnp.asarray(x).astype(dtype)
+  maybe = lambda x: None if x is None else cast(x)
   decay, lr = cast(h.decay), cast(lr)
   bias = None
   if rule.bias_correction and count is not None:

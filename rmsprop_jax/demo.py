@@ -167,7 +167,7 @@ def _progress(name: str, steps: int) -> tuple[Iterator[int], Callable[..., None]
   Returns ``(iterator, report)``; ``report(step, loss)`` shows the loss now.
   """
   try:
-    from tqdm.auto import tqdm  # noqa: PLC0415  (optional dependency)
+    from tqdm.auto import tqdm
   except ImportError:
     tqdm = None
   if tqdm is not None and sys.stderr.isatty():
@@ -268,7 +268,7 @@ def save_plots(
   matplotlib is not installed.
   """
   try:
-    import matplotlib  # noqa: PLC0415  (optional dependency)
+    import matplotlib
   except ImportError:
     print(
       "matplotlib is not installed: skipping the figures "
@@ -276,7 +276,7 @@ def save_plots(
     )
     return []
   matplotlib.use("Agg")  # files only; works without a display
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.pyplot as plt
 
   out.mkdir(parents=True, exist_ok=True)
   fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -14,23 +14,23 @@ os.environ["XLA_FLAGS"] = (
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from typing import Any  # noqa: E402
+import contextlib
+import json
+import re
+import sys
+from typing import Any
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _compat  # noqa: E402
-import _sharding_cases as cases  # noqa: E402
+import _compat
+import _sharding_cases as cases
 
-import rmsprop_jax  # noqa: E402
+import rmsprop_jax
 
 COLLECTIVE = re.compile(
   r"\b(all-reduce|all-gather|collective-permute|reduce-scatter|all-to-all)"

@@ -136,7 +136,7 @@ def test_a_bad_argument_is_refused_naming_it(case):
     kwargs[DECOUPLED[builder]] = True
   if name in SCHEDULED and callable(value):
     return  # a callable learning rate is a schedule: see the schedule test
-  with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+  with pytest.raises(Exception) as info:
     _exercise(fn(**kwargs))
   # Masks may fail against the tree, where the message names the leaf path.
   _assert_refused_by_name(info.value, name)
@@ -166,7 +166,7 @@ def test_a_schedule_whose_value_is_no_real_scalar_is_refused(builder, value, jit
   tx = fn(**{**base, name: lambda count: value})
   state = tx.init(PARAMS)
   update = jax.jit(tx.update) if jit else tx.update
-  with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+  with pytest.raises(Exception) as info:
     update(GRADS, state, PARAMS)
   _assert_refused_by_name(info.value, name)
 
@@ -236,7 +236,7 @@ def test_a_malformed_tree_is_refused_naming_its_path(data, params, options):
   where = data.draw(st.sampled_from(["updates", "params", "init"]))
   hows = BAD_LEAVES if where == "init" else MISMATCHES + BAD_LEAVES
   how, bad = _corrupt(data.draw, grads if where == "updates" else params, hows)
-  with pytest.raises(Exception) as info, warnings.catch_warnings():  # noqa: B017
+  with pytest.raises(Exception) as info, warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # bfloat16 params: not the point
     if where == "init":
       tx.init(bad)
@@ -259,7 +259,7 @@ def test_a_state_of_another_optimizer_is_refused(params, ours, theirs):
   if layout != ("centered" in theirs, "momentum" in theirs):
     states.append(other)
   for state in states:
-    with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+    with pytest.raises(Exception) as info:
       tx.update(grads, state, params)
     _assert_refused_by_name(info.value, "state")
 
@@ -274,7 +274,7 @@ JUNK = [None, 3, "x", (1, 2, 3), [1.0], {"a": 1}, optax.EmptyState(), object()]
 def test_optax_converters_refuse_junk_by_argument(junk, where):
   template = optax.rmsprop(0.1).init(PARAMS)
   state = rmsprop_jax.rmsprop(0.1).init(PARAMS)
-  with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+  with pytest.raises(Exception) as info:
     if where == "from_optax":
       rmsprop_jax.from_optax(junk)
     elif where == "to_optax":
@@ -309,7 +309,7 @@ TORCH_JUNK = [
 @settings(max_examples=60)
 @given(st.sampled_from(TORCH_JUNK), st.booleans())
 def test_torch_converters_refuse_junk_by_argument(junk, forward):
-  with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+  with pytest.raises(Exception) as info:
     if forward:
       rmsprop_jax.from_torch(junk, PARAMS)
     else:
@@ -333,7 +333,7 @@ def test_keras_converters_refuse_junk_by_argument(junk, forward):
   w = keras.Variable(np.ones(2, np.float32))
   optimizer = keras.optimizers.RMSprop(0.1)
   optimizer.build([w])
-  with pytest.raises(Exception) as info:  # noqa: B017 (checked below)
+  with pytest.raises(Exception) as info:
     if forward:
       rmsprop_jax.from_keras(junk, [jnp.ones(2)])
     else:

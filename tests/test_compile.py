@@ -107,7 +107,7 @@ def test_probe_tells_recording_traces_from_eager_transformations():
 def test_eager_update_is_one_compiled_computation():
   opt, params, grads = _problem()
   state = opt.init(params)
-  step = lambda: opt.update(grads, state, params)  # noqa: E731
+  step = lambda: opt.update(grads, state, params)
   assert _compiled_during(step) == ["_update"]
   assert _compiled_during(step) == []  # cached
 
@@ -116,7 +116,7 @@ def test_eager_vmap_of_update_is_one_compiled_computation():
   opt, params, grads = _problem()
   state = opt.init(params)
   batched = jax.tree.map(lambda g: jnp.stack([g, 2 * g]), grads)
-  run = lambda: jax.vmap(lambda g: opt.update(g, state, params)[0])(batched)  # noqa: E731
+  run = lambda: jax.vmap(lambda g: opt.update(g, state, params)[0])(batched)
   assert _compiled_during(run) == ["_update"]
 
 
@@ -128,7 +128,7 @@ def test_eager_grad_through_update_is_one_compiled_computation():
     updates, _ = opt.update(g, state, params)
     return square(updates)
 
-  square = lambda tree: sum(jnp.sum(u**2) for u in jax.tree.leaves(tree))  # noqa: E731
+  square = lambda tree: sum(jnp.sum(u**2) for u in jax.tree.leaves(tree))
   jax.grad(square)(grads)  # the loss's own operations compile here, not below
   names = _compiled_during(lambda: jax.grad(loss)(grads))
   # The forward pass and its transpose, each one computation.

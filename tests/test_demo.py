@@ -43,7 +43,7 @@ def _summary_row(text: str, name: str) -> dict[str, float]:
 def _numpy_initial_loss(seed: int) -> float:
   """Cross-entropy of the untrained MLP, recomputed in float64 NumPy."""
   x, y = demo.make_spirals(1000, seed=seed)
-  import jax  # noqa: PLC0415
+  import jax
 
   params = {
     k: np.asarray(v, np.float64)

@@ -836,7 +836,7 @@ def library_versions(library: str) -> dict[str, str]:
   for package in packages:
     try:
       found[package] = version(package)
-    except Exception:  # noqa: BLE001 - a missing alternative package
+    except Exception:
       continue
   if library == "keras":
     import keras

@@ -145,7 +145,7 @@ def _cases(data: dict[str, Any], dtype: str | None) -> list[Case]:
   for raw in data["cases"]:
     if dtype is not None and raw["dtype"] != dtype:
       continue
-    as_array = lambda x, dt=raw["dtype"]: np.asarray(x, dt)  # noqa: E731
+    as_array = lambda x, dt=raw["dtype"]: np.asarray(x, dt)
     cases.append(
       Case(
         library=data["library"],
@@ -271,7 +271,7 @@ def make_optimizer(case: Case) -> Any:
     # optax.exponential_decay computes in float32 when given the int32 step
     # count, even with x64 enabled; an int64 step keeps the float64 cases'
     # learning rate in float64, as the libraries compute it.
-    schedule = lambda count, f=schedule: f(jnp.asarray(count, jnp.int64))  # noqa: E731
+    schedule = lambda count, f=schedule: f(jnp.asarray(count, jnp.int64))
   if schedule is not None:
     kwargs[LR_ARGUMENT[case.library]] = schedule
   if case.weight_decay_mask is not None:
