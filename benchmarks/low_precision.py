@@ -98,6 +98,7 @@ def quick_config() -> Config:
   return dataclasses.replace(
     full_config(),
     seeds=1,
+    learning_rates=(1e-3,),  # each compiles every method's step anew
     mlp_steps=40,
     lm_steps=20,
     every=10,

@@ -20,7 +20,7 @@ from rmsprop_jax._presets import (
 from rmsprop_jax._quantized import QuantizedArray
 from rmsprop_jax._transform import RMSPropState, rmsprop, scale_by_rms
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
   "LowPrecisionState",
