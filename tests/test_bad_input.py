@@ -222,7 +222,7 @@ OPTIONS = st.sampled_from(
 )
 
 
-@settings(max_examples=80)
+@settings(max_examples=40)
 @given(st.data(), trees(), OPTIONS)
 def test_a_malformed_tree_is_refused_naming_its_path(data, params, options):
   tx = rmsprop_jax.rmsprop(0.1, **options)
