@@ -54,7 +54,6 @@ import os
 import pathlib
 import pickle
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,8 @@ import traceback
 import types
 import warnings
 from typing import Any
+
+from tests import _process
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every page a reader can paste from: the README and the documentation site.
@@ -414,14 +415,14 @@ def run_page(page: pathlib.Path) -> PageRun:
   with tempfile.TemporaryDirectory(prefix="page-") as folder:
     result = pathlib.Path(folder) / ".result.pickle"
     start = time.perf_counter()
-    done = subprocess.run(
-      [sys.executable, "-m", "tests._docs", str(page), str(result)],
+    done = _process.python(
+      "-m",
+      "tests._docs",
+      str(page),
+      str(result),
       cwd=folder,
       env=env,
-      capture_output=True,
-      text=True,
       timeout=TIMEOUT_S,
-      check=False,
     )
     seconds = time.perf_counter() - start
     if not result.exists():

@@ -11,28 +11,22 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import _bench
+
+ROOT = _bench.ROOT
 SCRIPT = ROOT / "benchmarks" / "low_precision.py"
 PAGE = ROOT / "docs" / "low_precision.md"
 METHODS = ("float32", "bfloat16", "kahan", "stochastic")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-  return subprocess.run(
-    [sys.executable, str(SCRIPT), *args],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    timeout=300,
-    check=False,
-  )
+  return _bench.python(str(SCRIPT), *args)
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +104,8 @@ def test_speed_ratios_and_verdicts_follow_from_the_medians(quick):
     assert t["pass"] == (t["value"] <= bound)
 
 
-def _page_json() -> Path:
-  (name,) = set(
-    re.findall(r"benchmarks/results/(low-precision-[a-z0-9-]+\.json)", PAGE.read_text())
-  )
-  return ROOT / "benchmarks" / "results" / name
-
-
 def test_page_quotes_the_tables_of_the_committed_full_run():
-  path = _page_json()
-  stored = json.loads(path.read_text())
+  path, stored = _bench.stored_result(PAGE, "low-precision")
   assert stored["quick"] is False
   assert stored["config"]["seeds"] >= 3 and len(stored["config"]["learning_rates"]) == 2
-  done = _run("--report", str(path))
-  assert done.returncode == 0, done.stderr[-4000:]
-  tables = re.findall(r"(?:^\|.*\|\n)+", done.stdout + "\n", re.M)
-  assert len(tables) == 3
-  page = PAGE.read_text()
-  for table in tables:
-    assert table in page, f"docs/low_precision.md lacks the table\n{table}"
+  _bench.assert_report_on_page("low_precision.py", path, PAGE, tables=3)

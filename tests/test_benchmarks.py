@@ -9,14 +9,12 @@ must move, or the optimizer state holds, agree with an independent count.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -24,9 +22,9 @@ import jax.numpy as jnp
 import pytest
 
 import rmsprop_jax
+from tests import _bench
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
+ROOT, BENCH = _bench.ROOT, _bench.BENCH
 SECTIONS = ("machine", "jitted", "eager", "compile", "memory", "targets")
 VARIANTS = {"plain", "momentum", "centered"}
 STATE_ARRAYS = {"plain": 1, "momentum": 2, "centered": 2}
@@ -51,6 +49,16 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     proc.kill()
     raise
   return proc.returncode, stdout, stderr
+
+
+def _finished_json(
+  quick_runs: dict[str, Any], name: str
+) -> tuple[Path, dict[str, Any], str]:
+  """The quick run ``name``, waited for: its one JSON file, content and stdout."""
+  proc, out = quick_runs[name]
+  returncode, stdout, stderr = _finish(proc)
+  assert returncode == 0, stderr[-4000:]
+  return (*_bench.only_json(out), stdout)
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +89,6 @@ def quick_runs(
     "low_memory": (low_memory, low_memory_dir),
     "embedding": (embedding, embedding_dir),
   }
-
-
-def bench_module(name: str) -> ModuleType:
-  """A module of benchmarks/, which import each other by their flat names."""
-  sys.path.insert(0, str(BENCH))
-  try:
-    return importlib.import_module(name)
-  finally:
-    sys.path.remove(str(BENCH))
 
 
 def float32_step_bytes(n: int, variant: str) -> int:
@@ -211,8 +210,8 @@ def test_eager_ratios_and_overheads_are_those_of_the_raw_medians(
 
 
 def test_eager_floor_takes_and_returns_the_arrays_of_the_update() -> None:
-  common = bench_module("common")
-  contenders = bench_module("contenders")
+  common = _bench.module("common")
+  contenders = _bench.module("contenders")
   params = {"w": jnp.ones((8, 8)), "b": jnp.ones((8,))}
   grads = {"w": jnp.full((8, 8), 0.5), "b": jnp.full((8,), 0.5)}
   for variant in sorted(VARIANTS):
@@ -273,14 +272,9 @@ def test_every_row_has_its_verdict_and_the_summary_counts_them(
 
 @pytest.fixture(scope="module")
 def profile(quick_runs: dict[str, Any]) -> dict[str, Any]:
-  proc, out = quick_runs["accelerator"]
-  returncode, stdout, stderr = _finish(proc)
-  assert returncode == 0, stderr[-4000:]
-  files = list(out.iterdir())
-  assert len(files) == 1, files
-  result = json.loads(files[0].read_text())
-  assert files[0].name == f"{result['device']['slug']}-quick.json"
-  assert str(files[0]) in stdout
+  path, result, stdout = _finished_json(quick_runs, "accelerator")
+  assert path.name == f"{result['device']['slug']}-quick.json"
+  assert str(path) in stdout
   return result
 
 
@@ -379,7 +373,7 @@ def test_full_profile_on_a_cpu_stops_with_a_message(tmp_path: Path) -> None:
 
 
 def test_device_names_become_file_names() -> None:
-  slugify = bench_module("common").slugify
+  slugify = _bench.module("common").slugify
   assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
   assert slugify("TPU v5 lite") == "tpu-v5-lite"
   assert slugify("Intel(R) Xeon(R) Processor") == "intel-r-xeon-r-processor"
@@ -417,7 +411,7 @@ def test_low_memory_describes_the_run(low_memory: dict[str, Any]) -> None:
   assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", m["slug"])
   if m["backend"] == "cpu":
     assert (
-      m["slug"] == f"cpu-{bench_module('common').slugify(m['cpu'])}-{m['cores']}core"
+      m["slug"] == f"cpu-{_bench.module('common').slugify(m['cpu'])}-{m['cores']}core"
     )
   model = low_memory["model"]
   assert model["params"] == sum(math.prod(s) for s in model["shapes"].values())
@@ -495,13 +489,8 @@ PERFORMANCE_PAGE = ROOT / "docs" / "performance.md"
 
 @pytest.fixture(scope="module")
 def embedding(quick_runs: dict[str, Any]) -> dict[str, Any]:
-  proc, out = quick_runs["embedding"]
-  returncode, stdout, stderr = _finish(proc)
-  assert returncode == 0, stderr[-4000:]
-  files = list(out.iterdir())
-  assert len(files) == 1, files
-  result = json.loads(files[0].read_text())
-  assert files[0].name == f"embedding-{result['machine']['slug']}-quick.json"
+  path, result, _ = _finished_json(quick_runs, "embedding")
+  assert path.name == f"embedding-{result['machine']['slug']}-quick.json"
   assert result["schema"] == 1 and result["quick"] is True
   return result
 
@@ -557,30 +546,7 @@ def test_embedding_lazy_step_updates_the_table_in_place(
     assert lazy["fusions"] == dense["fusions"] + 1, r["variant"]
 
 
-def _committed_embedding_run() -> Path:
-  (name,) = set(
-    re.findall(
-      r"benchmarks/results/(embedding-[a-z0-9-]+\.json)", PERFORMANCE_PAGE.read_text()
-    )
-  )
-  return BENCH / "results" / name
-
-
 def test_performance_page_quotes_the_committed_embedding_run() -> None:
-  path = _committed_embedding_run()
-  stored = json.loads(path.read_text())
+  path, stored = _bench.stored_result(PERFORMANCE_PAGE, "embedding")
   assert stored["quick"] is False and stored["config"]["rows"] == 1_000_000
-  done = subprocess.run(
-    [sys.executable, str(BENCH / "embedding.py"), "--report", str(path)],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    timeout=120,
-    check=False,
-  )
-  assert done.returncode == 0, done.stderr[-4000:]
-  tables = re.findall(r"(?:^\|.*\|\n)+", done.stdout + "\n", re.M)
-  assert len(tables) == 2
-  page = PERFORMANCE_PAGE.read_text()
-  for table in tables:
-    assert table in page, f"docs/performance.md lacks the table\n{table}"
+  _bench.assert_report_on_page("embedding.py", path, PERFORMANCE_PAGE, tables=2)

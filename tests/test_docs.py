@@ -14,16 +14,13 @@ import ast
 import builtins
 import contextlib
 import functools
-import importlib
 import inspect
-import json
 import os
 import pathlib
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -33,7 +30,7 @@ import optax
 import pytest
 
 import rmsprop_jax
-from tests import _docs
+from tests import _bench, _docs
 from tests.reference import loader
 
 ROOT = _docs.ROOT
@@ -282,25 +279,10 @@ def test_scale_by_rms_signature_on_the_options_page_is_the_real_one():
 
 # --------------------------------------------------------- benchmark figures
 
-BENCH = ROOT / "benchmarks"
-
-
-def _bench_module(name: str) -> ModuleType:
-  """A module of benchmarks/, which import each other by their flat names."""
-  sys.path.insert(0, str(BENCH))
-  try:
-    return importlib.import_module(name)
-  finally:
-    sys.path.remove(str(BENCH))
-
 
 def _named_json(page: pathlib.Path, kind: str) -> dict[str, Any]:
   """The ``benchmarks/results/<kind>-*.json`` that the page names (only one)."""
-  names = set(
-    re.findall(rf"benchmarks/results/({kind}-[a-z0-9-]+\.json)", page.read_text())
-  )
-  assert len(names) == 1, f"{_docs.relative(page)} names {names or 'no'} {kind} JSON"
-  return json.loads((BENCH / "results" / names.pop()).read_text())
+  return _bench.stored_result(page, kind)[1]
 
 
 Figure = Callable[[dict[str, Any]], str]
@@ -640,8 +622,7 @@ def test_quoted_benchmark_figure_is_that_of_the_json_the_page_names(
 def test_performance_tables_are_those_of_the_run():
   page = DOCS / "performance.md"
   result = _named_json(page, "run")
-  fmt_ms = _bench_module("common").fmt_ms
-  tree = {"100 x (64,64)": "100 leaves of (64, 64)"}
+  fmt_ms = _bench.module("common").fmt_ms
   rows = [
     f"| {r['tree']} | {r['variant']} | {fmt_ms(r['rmsprop_jax_ms'])} | "
     f"{fmt_ms(r['optax_ms'])} | {fmt_ms(r['floor_ms'])} | {r['vs_optax']:.2f}x | "

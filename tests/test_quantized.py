@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -27,6 +25,7 @@ import pytest
 
 import rmsprop_jax
 from rmsprop_jax import _quantized as q
+from tests import _bench
 from tests._expect import centred_warning
 
 FLOAT8 = [
@@ -624,14 +623,7 @@ SHARDED = textwrap.dedent(
 def test_fsdp_sharded_state_keeps_whole_blocks_per_shard_without_collectives():
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(
-    [sys.executable, "-c", SHARDED],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-    check=False,
-  )
+  proc = _bench.python("-c", SHARDED, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   for name, res in out.items():

@@ -93,6 +93,23 @@ def _record(
   }
 
 
+def _record_tf(
+  steps: int,
+  dtype: str,
+  variables: dict[str, Any],
+  read_lr: Callable[[], float],
+  apply: Callable[[dict[str, np.ndarray]], None],
+) -> Trajectory:
+  """:func:`_record` of a TensorFlow optimizer stepping ``variables``."""
+  return _record(
+    steps,
+    dtype,
+    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
+    read_lr,
+    apply,
+  )
+
+
 # --------------------------------------------------------------- PyTorch, timm
 
 
@@ -378,13 +395,7 @@ def _record_tf_keras(
   def apply(g: dict[str, np.ndarray]) -> None:
     opt.apply_gradients([(tf.constant(g[k]), variables[k]) for k in LEAVES])
 
-  return _record(
-    steps,
-    dtype,
-    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-    read_lr,
-    apply,
-  )
+  return _record_tf(steps, dtype, variables, read_lr, apply)
 
 
 def run_tf_keras_legacy(spec: Spec, dtype: str, steps: int) -> Trajectory:
@@ -541,13 +552,7 @@ def run_tf1(spec: Spec, dtype: str, steps: int) -> Trajectory:
       [(grads[k], variables[k]) for k in LEAVES], global_step=global_step
     )
 
-  return _record(
-    steps,
-    dtype,
-    lambda: {k: variables[k].numpy().copy() for k in LEAVES},
-    read_lr,
-    apply,
-  )
+  return _record_tf(steps, dtype, variables, read_lr, apply)
 
 
 RUNNERS: dict[str, Callable[[Spec, str, int], Trajectory]] = {

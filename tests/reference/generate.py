@@ -39,6 +39,18 @@ from tests.reference import drivers, loader  # noqa: E402
 STEPS = 30
 DTYPES = ("float64", "float32")
 MASK = {"w": True, "b": False}
+# PyTorch's StepLR, stepped after every optimizer step (torch and timm cases).
+STEP_LR = {"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5}
+# Every Keras-style option at once (Keras 3 and tf_keras add weight decay).
+KERAS_EVERYTHING = {
+  "learning_rate": 0.005,
+  "rho": 0.8,
+  "epsilon": 1e-3,
+  "momentum": 0.7,
+  "centered": True,
+}
+# Learning rates 0.01, 0.005, 0.001, switching after steps 9 and 19.
+PIECEWISE = {"boundaries": [9, 19], "values": [0.01, 0.005, 0.001]}
 
 
 def case(
@@ -97,20 +109,14 @@ KERAS_CASES: list[dict[str, Any]] = [
     {"learning_rate": 0.01, "weight_decay": 0.5},
     weight_decay_mask=MASK,
   ),
-  case(
-    "everything",
-    {
-      "learning_rate": 0.005,
-      "rho": 0.8,
-      "epsilon": 1e-3,
-      "momentum": 0.7,
-      "centered": True,
-      "weight_decay": 0.2,
-    },
-  ),
+  case("everything", {**KERAS_EVERYTHING, "weight_decay": 0.2}),
   case("global_clipnorm", {"learning_rate": 0.01}, global_clipnorm=1.0),
   EXPONENTIAL_DECAY_MOMENTUM,
 ]
+
+STEP_LR_MOMENTUM = case(
+  "step_lr_momentum", {"lr": 0.01, "momentum": 0.9}, schedule=STEP_LR
+)
 
 GRID: dict[str, list[dict[str, Any]]] = {
   "torch": [
@@ -135,11 +141,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         "maximize": True,
       },
     ),
-    case(
-      "step_lr_momentum",
-      {"lr": 0.01, "momentum": 0.9},
-      schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
-    ),
+    STEP_LR_MOMENTUM,
     case(
       "exponential_lr",
       {"lr": 0.02},
@@ -158,8 +160,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
       {"momentum": 0.9, "weight_decay": 0.1},
       schedule={
         "kind": "keras.PiecewiseConstantDecay",
-        "boundaries": [9, 19],
-        "values": [0.01, 0.005, 0.001],
+        **PIECEWISE,
       },
     ),
     case(
@@ -208,8 +209,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
       {"learning_rate": 0.01, "centered": True, "momentum": 0.5},
       schedule={
         "kind": "tf1.piecewise_constant",
-        "boundaries": [9, 19],
-        "values": [0.01, 0.005, 0.001],
+        **PIECEWISE,
       },
     ),
     # Python floats, as most TF1 code passes them: TF1 rounds them to float32,
@@ -275,15 +275,11 @@ GRID: dict[str, list[dict[str, Any]]] = {
         "lr_in_momentum": False,
       },
     ),
-    case(
-      "step_lr_momentum",
-      {"lr": 0.01, "momentum": 0.9},
-      schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
-    ),
+    STEP_LR_MOMENTUM,
     case(
       "step_lr_momentum_lr_outside",
       {"lr": 0.01, "momentum": 0.9, "lr_in_momentum": False},
-      schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
+      schedule=STEP_LR,
     ),
     case("caution_momentum", {"lr": 0.005, "momentum": 0.9, "caution": True}),
     case(
@@ -319,7 +315,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
         "decoupled_decay": True,
         "corrected_weight_decay": True,
       },
-      schedule={"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5},
+      schedule=STEP_LR,
       dtypes=("float64",),  # float32: in caution_corrected_exponential_lr
     ),
     case(
@@ -347,24 +343,14 @@ GRID: dict[str, list[dict[str, Any]]] = {
       "momentum_centered",
       {"learning_rate": 0.005, "momentum": 0.8, "centered": True},
     ),
-    case(
-      "everything",
-      {
-        "learning_rate": 0.005,
-        "rho": 0.8,
-        "epsilon": 1e-3,
-        "momentum": 0.7,
-        "centered": True,
-      },
-    ),
+    case("everything", KERAS_EVERYTHING),
     EXPONENTIAL_DECAY_MOMENTUM,
     case(
       "piecewise_constant_centered",
       {"centered": True},
       schedule={
         "kind": "keras.PiecewiseConstantDecay",
-        "boundaries": [9, 19],
-        "values": [0.01, 0.005, 0.001],
+        **PIECEWISE,
       },
     ),
     case(
@@ -380,8 +366,7 @@ GRID: dict[str, list[dict[str, Any]]] = {
       {"weight_decay": 0.1},
       schedule={
         "kind": "keras.PiecewiseConstantDecay",
-        "boundaries": [9, 19],
-        "values": [0.01, 0.005, 0.001],
+        **PIECEWISE,
       },
     ),
   ],
@@ -391,7 +376,6 @@ GRID: dict[str, list[dict[str, Any]]] = {
 # uninterrupted trajectory of STEPS_BEFORE + STEPS_AFTER steps.
 STEPS_BEFORE = 12
 STEPS_AFTER = 18
-STEP_LR = {"kind": "torch.StepLR", "step_size": 7, "gamma": 0.5}
 HANDOVER_GRID: dict[str, list[dict[str, Any]]] = {
   "torch": [
     case("defaults", {}),
@@ -400,7 +384,7 @@ HANDOVER_GRID: dict[str, list[dict[str, Any]]] = {
       "centered_momentum_weight_decay",
       {"lr": 0.005, "momentum": 0.8, "centered": True, "weight_decay": 0.05},
     ),
-    case("step_lr_momentum", {"lr": 0.01, "momentum": 0.9}, schedule=STEP_LR),
+    STEP_LR_MOMENTUM,
     # The same run, continued by a fresh optimizer and scheduler that load the
     # recorded state dicts: PyTorch's own handover.
     {
