@@ -1,6 +1,7 @@
 """rmsprop_jax: the whole RMSProp family as one exact, fast optax transformation."""
 
 from rmsprop_jax import recipes as recipes
+from rmsprop_jax._alias import rmsprop, scale_by_rms
 from rmsprop_jax._interop import (
   from_keras,
   from_optax,
@@ -18,7 +19,7 @@ from rmsprop_jax._presets import (
   torch_rmsprop,
 )
 from rmsprop_jax._quantized import QuantizedArray
-from rmsprop_jax._transform import RMSPropState, rmsprop, scale_by_rms
+from rmsprop_jax._transform import RMSPropState
 
 __version__ = "0.3.0"
 

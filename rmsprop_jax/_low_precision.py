@@ -25,8 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.core import Tracer
-from jax.sharding import NamedSharding, PartitionSpec
 
 from rmsprop_jax import _compile, _storage
 from rmsprop_jax import _validation as v
@@ -386,15 +384,6 @@ def _check_param_dtypes(params: Any) -> None:
       )
 
 
-def _replicated(value: jax.Array, params: Any) -> jax.Array:
-  """A scalar replicated over the params' mesh, when they have one."""
-  for leaf in jax.tree.leaves(params):
-    sharding = getattr(leaf, "sharding", None)
-    if not isinstance(leaf, Tracer) and isinstance(sharding, NamedSharding):
-      return jax.device_put(value, NamedSharding(sharding.mesh, PartitionSpec()))
-  return value
-
-
 def _init_compensation(params: Any) -> Any:
   def zeros(p: Any) -> Any:
     if not handles(jnp.result_type(p)):
@@ -541,7 +530,10 @@ def low_precision_params(
       key = jax.random.key_data(jax.random.key(seed))
       count = jnp.zeros([], jnp.int32)
       state = LowPrecisionState(
-        inner_state, None, _replicated(key, params), _replicated(count, params)
+        inner_state,
+        None,
+        _storage.replicated(key, params),
+        _storage.replicated(count, params),
       )
     return cast(optax.OptState, state)
 

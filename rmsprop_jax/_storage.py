@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.core import Tracer
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rmsprop_jax import _compile, _quantized, _rule
 
@@ -62,6 +63,20 @@ def storage_dtype(
   if is_nu or not jnp.issubdtype(param_dtype, jnp.complexfloating):
     return real
   return complex_dtype(real)
+
+
+def replicated(value: jax.Array, params: Any) -> jax.Array:
+  """A scalar replicated over the params' mesh, when they have one.
+
+  Without this an eager ``init`` of mesh-sharded params leaves the scalar on
+  device 0, and a jitted step whose ``out_shardings`` mirror the state then
+  fails with "incompatible devices".
+  """
+  for leaf in jax.tree.leaves(params):
+    sharding = getattr(leaf, "sharding", None)
+    if not isinstance(leaf, Tracer) and isinstance(sharding, NamedSharding):
+      return jax.device_put(value, NamedSharding(sharding.mesh, PartitionSpec()))
+  return value
 
 
 def filled_like(param: jax.Array, value: Any, dtype: Any) -> jax.Array:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._presets import tf1_rmsprop, torch_rmsprop
-from rmsprop_jax._transform import rmsprop
 
 __all__ = [
   "a2c",

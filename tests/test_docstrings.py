@@ -6,7 +6,7 @@ import doctest
 
 import pytest
 
-from rmsprop_jax import _presets, _transform, recipes
+from rmsprop_jax import _alias, _presets, recipes
 from rmsprop_jax._interop import _keras, _optax, _torch
 
 
@@ -15,7 +15,7 @@ from rmsprop_jax._interop import _keras, _optax, _torch
 @pytest.mark.standard_promotion
 @pytest.mark.parametrize(
   "module",
-  [_transform, _presets, _optax, _torch, _keras, recipes],
+  [_alias, _presets, _optax, _torch, _keras, recipes],
   ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
