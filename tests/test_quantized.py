@@ -28,6 +28,11 @@ from rmsprop_jax import _quantized as q
 from tests import _bench
 from tests._expect import centred_warning
 
+# Called eagerly, encode and decode would dispatch, and compile, every operation
+# on its own; the package always runs them inside a jit, and so do the tests.
+encode = jax.jit(q.encode, static_argnames=("dtype", "kind"))
+decode = jax.jit(q.decode)
+
 FLOAT8 = [
   pytest.param(jnp.float8_e4m3fn, id="e4m3fn"),
   pytest.param(jnp.float8_e5m2, id="e5m2"),
@@ -100,7 +105,7 @@ def wide_values(seed: int, shape, orders: float) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(8, 1000), (3, 5, 64), (5000,)])
 def test_signed_codes_are_a_neighbouring_grid_point_of_the_float64_value(dtype, shape):
   x = wide_values(0, shape, orders=6)
-  enc = q.encode(jnp.asarray(x), dtype, "signed")
+  enc = encode(jnp.asarray(x), dtype, "signed")
   scales = np.asarray(enc.scales, np.float64)
   check_block_scales(scales, x, dtype)
   y = x / ref_expand(scales, shape[-1])
@@ -113,7 +118,7 @@ def test_signed_codes_are_a_neighbouring_grid_point_of_the_float64_value(dtype, 
 @pytest.mark.parametrize("dtype", FLOAT8)
 def test_sqrt_codes_store_the_root_and_round_subnormals_up(dtype):
   nu = np.abs(wide_values(1, (16, 700), orders=16)) ** 2  # nu over 32 decades
-  enc = q.encode(jnp.asarray(nu), dtype, "sqrt")
+  enc = encode(jnp.asarray(nu), dtype, "sqrt")
   root = np.sqrt(nu).astype(np.float64)  # float32 root, as on the device
   scales = np.asarray(enc.scales, np.float64)
   check_block_scales(scales, root, dtype)
@@ -143,20 +148,20 @@ def test_values_on_the_grid_round_trip_exactly(dtype, kind):
   scales = 2.0 ** rng.integers(-20, 10, (6, 3))  # exact in float32
   a = codes * ref_expand(scales, 600)
   x = a * a if kind == "sqrt" else a
-  enc = q.encode(jnp.asarray(x, jnp.float32), dtype, kind)
+  enc = encode(jnp.asarray(x, jnp.float32), dtype, kind)
   np.testing.assert_array_equal(codes64(enc), codes)
   np.testing.assert_array_equal(np.asarray(enc.scales), scales)
-  np.testing.assert_array_equal(np.asarray(q.decode(enc)), x.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(decode(enc)), x.astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", FLOAT8)
 @pytest.mark.parametrize("kind", ["signed", "sqrt"])
 def test_decode_is_code_times_block_scale(dtype, kind):
   x = wide_values(3, (4, 3, 520), orders=4)
-  enc = q.encode(jnp.asarray(np.abs(x) if kind == "sqrt" else x), dtype, kind)
+  enc = encode(jnp.asarray(np.abs(x) if kind == "sqrt" else x), dtype, kind)
   a = codes64(enc) * ref_expand(np.asarray(enc.scales, np.float64), 520)
   want = a * a if kind == "sqrt" else a
-  got = np.asarray(q.decode(enc))
+  got = np.asarray(decode(enc))
   assert got.dtype == np.float32
   np.testing.assert_allclose(got, want, rtol=3 * 2**-23, atol=0)
 
@@ -170,7 +175,7 @@ def test_rounding_is_unbiased_between_grid_points(dtype):
   fmax = float(jnp.finfo(dtype).max)
   x = rng.uniform(1.0, 2.0, (200, 256))
   x[:, 0] = fmax
-  enc = q.encode(jnp.asarray(x, jnp.float32), dtype, "signed")
+  enc = encode(jnp.asarray(x, jnp.float32), dtype, "signed")
   err = (codes64(enc) - x)[:, 1:]
   spacing = 2.0 ** -int(jnp.finfo(dtype).nmant)
   assert abs(err.mean()) < 0.01 * spacing
@@ -178,16 +183,16 @@ def test_rounding_is_unbiased_between_grid_points(dtype):
 
 
 def test_all_zero_block_encodes_to_zeros_and_scale_zero():
-  enc = q.encode(jnp.zeros((2, 300)), jnp.float8_e4m3fn, "sqrt")
+  enc = encode(jnp.zeros((2, 300)), jnp.float8_e4m3fn, "sqrt")
   np.testing.assert_array_equal(np.asarray(enc.scales), 0.0)
-  np.testing.assert_array_equal(np.asarray(q.decode(enc)), 0.0)
+  np.testing.assert_array_equal(np.asarray(decode(enc)), 0.0)
 
 
 def _store_many(x: np.ndarray, dtype, kind: str, n: int) -> list[q.QuantizedArray]:
   """``n`` successive stores of the same value, each replacing the last."""
   enc, out = None, []
   for _ in range(n):
-    enc = q.encode(jnp.asarray(x, jnp.float32), dtype, kind, enc)
+    enc = encode(jnp.asarray(x, jnp.float32), dtype, kind, enc)
     out.append(enc)
   return out
 
@@ -202,7 +207,7 @@ def test_scales_carry_a_store_counter_that_decode_ignores(dtype):
     pow2 = (bits & 0xFF800000).view(np.float32).astype(np.float64)
     check_block_scales(pow2, np.sqrt(x), dtype)
     a = codes64(enc) * ref_expand(pow2, 600)
-    np.testing.assert_allclose(np.asarray(q.decode(enc)), a * a, rtol=3 * 2**-23)
+    np.testing.assert_allclose(np.asarray(decode(enc)), a * a, rtol=3 * 2**-23)
 
 
 @pytest.mark.parametrize("dtype", FLOAT8)
@@ -336,7 +341,7 @@ def test_one_store_keeps_nu_above_its_worst_case_fraction(dtype):
   # (4/5)^2 for e5m2, for every element, also 16 decades below the block max.
   m = int(jnp.finfo(dtype).nmant)
   nu = np.abs(wide_values(7, (64, 512), orders=8)) ** 2
-  got = np.asarray(q.decode(q.encode(jnp.asarray(nu), dtype, "sqrt")), np.float64)
+  got = np.asarray(decode(encode(jnp.asarray(nu), dtype, "sqrt")), np.float64)
   assert np.all(got >= nu * (2**m / (2**m + 1)) ** 2 * (1 - 1e-6))
 
 
@@ -398,7 +403,7 @@ def test_never_explodes_with_gradients_spanning_8_decades_in_one_block(
       u8, s8 = up8(jnp.asarray(g), s8)
       u32, u8 = np.abs(np.asarray(u32, np.float64)), np.abs(np.asarray(u8))
       assert np.all(u8 <= 2.0 * u32)
-      nu8 = np.asarray(q.decode(s8.nu))
+      nu8 = np.asarray(decode(s8.nu))
       assert np.all(nu8[np.asarray(s32.nu) > 0] > 0)
 
 
@@ -417,10 +422,10 @@ def test_nu_decays_by_10x_within_100_steps_once_the_gradient_stops(dtype):
   for _ in range(20):
     g = rng.normal(size=shape) * np.logspace(-1, 1, 256)
     _, state = update(jnp.asarray(g, jnp.float32), state)
-  before = np.asarray(q.decode(state.nu), np.float64)
+  before = np.asarray(decode(state.nu), np.float64)
   for _ in range(100):
     _, state = update(jnp.zeros(shape), state)
-  after = np.asarray(q.decode(state.nu), np.float64)
+  after = np.asarray(decode(state.nu), np.float64)
   assert np.all(before > 0) and np.all(after > 0)
   assert np.all(after <= before / 10)
 
