@@ -54,7 +54,6 @@ import tasks
 import trees
 from common import Timing, machine, measure, verdict_lines, write_result
 from contenders import Loop, train_step
-from device import slugify
 
 import rmsprop_jax
 
@@ -409,23 +408,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
   fig.savefig(path, dpi=100)
 
 
-def machine_slug(info: dict[str, Any]) -> str:
-  """``cpu-<model>-<n>core`` on a CPU, the device kind elsewhere."""
-  if info["backend"] != "cpu":
-    return slugify(jax.devices()[0].device_kind)
-  model = info["cpu"]
-  for noise in ("(R)", "(TM)", "Processor", "CPU"):
-    model = model.replace(noise, " ")
-  model = model.split("@")[0]
-  return f"cpu-{slugify(model)}-{info['cores']}core"
-
-
 def run(cfg: Config, quick: bool) -> dict[str, Any]:
   t0 = time.perf_counter()
   info = machine()
   log = lambda s: print(s, file=sys.stderr, flush=True)
   result: dict[str, Any] = {"schema": SCHEMA, "quick": quick, "machine": info}
-  result["slug"] = machine_slug(info)
+  result["slug"] = info["slug"]
   result["config"] = {
     "seeds": cfg.seeds,
     "learning_rates": list(cfg.learning_rates),
