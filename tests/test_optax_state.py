@@ -484,55 +484,53 @@ def _state_and_template(ours_case: dict[str, Any], theirs_case: dict[str, Any]):
   return ours.init(params), jax.eval_shape(theirs.init, params)
 
 
+# Each case: our options, optax's options, and the message naming the difference.
+_LAYOUT_DIFFERENCES = {
+  "template-centred": (
+    {},
+    {"centered": True},
+    r"template is centred \(ScaleByRStdDevState\) but state\.mu is None: the "
+    r"state comes from an optimizer without centered=True",
+  ),
+  "state-centred": (
+    {"centered": True},
+    {},
+    r"state\.mu is set .* but template is not \(ScaleByRmsState\)",
+  ),
+  "template-momentum": (
+    {},
+    {"momentum": 0.9},
+    r"template has momentum \(TraceState\) but state\.trace is None",
+  ),
+  "state-momentum": (
+    {"momentum": 0.9},
+    {},
+    r"state\.trace is set .* but template\[2\] is EmptyState",
+  ),
+  "template-schedule-count": (
+    {},
+    {"schedule": True},
+    r"template keeps a step count for a learning-rate schedule \(template\[1\] "
+    r"is ScaleByScheduleState\) but state\.count is None",
+  ),
+  "template-bias-correction-count": (
+    {},
+    {"bias_correction": True},
+    r"step count for bias correction \(template\[0\] is "
+    r"ScaleByRmsWithCountState\) but state\.count is None",
+  ),
+  "state-count": (
+    {"schedule": True},
+    {},
+    r"state\.count is set .* but template keeps no step count",
+  ),
+}
+
+
 @pytest.mark.parametrize(
   ("ours", "theirs", "message"),
-  [
-    pytest.param(
-      {},
-      dict(centered=True),
-      r"template is centred \(ScaleByRStdDevState\) but state\.mu is None: the "
-      r"state comes from an optimizer without centered=True",
-      id="template-centred",
-    ),
-    pytest.param(
-      dict(centered=True),
-      {},
-      r"state\.mu is set .* but template is not \(ScaleByRmsState\)",
-      id="state-centred",
-    ),
-    pytest.param(
-      {},
-      dict(momentum=0.9),
-      r"template has momentum \(TraceState\) but state\.trace is None",
-      id="template-momentum",
-    ),
-    pytest.param(
-      dict(momentum=0.9),
-      {},
-      r"state\.trace is set .* but template\[2\] is EmptyState",
-      id="state-momentum",
-    ),
-    pytest.param(
-      {},
-      dict(schedule=True),
-      r"template keeps a step count for a learning-rate schedule \(template\[1\] "
-      r"is ScaleByScheduleState\) but state\.count is None",
-      id="template-schedule-count",
-    ),
-    pytest.param(
-      {},
-      dict(bias_correction=True),
-      r"step count for bias correction \(template\[0\] is "
-      r"ScaleByRmsWithCountState\) but state\.count is None",
-      id="template-bias-correction-count",
-    ),
-    pytest.param(
-      dict(schedule=True),
-      {},
-      r"state\.count is set .* but template keeps no step count",
-      id="state-count",
-    ),
-  ],
+  list(_LAYOUT_DIFFERENCES.values()),
+  ids=list(_LAYOUT_DIFFERENCES),
 )
 def test_to_optax_names_the_layout_difference(ours, theirs, message):
   state, template = _state_and_template(ours, theirs)
