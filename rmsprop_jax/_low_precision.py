@@ -409,17 +409,17 @@ def _checked_state(state: Any, method: str) -> LowPrecisionState:
 
 
 def _compensation_leaves(
-  params: Any, leaves_p: Sequence[Any], compensation: Any
+  params: Any, leaves_p: Sequence[Any], handled: Sequence[bool], compensation: Any
 ) -> list[Any]:
   """The compensation array of every handled leaf, checked against params."""
   comps = v.flatten_like(params, compensation, "params", "state.compensation")
   paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   out = []
-  for path, p, c in zip(paths, leaves_p, comps, strict=True):
+  for path, p, rounded, c in zip(paths, leaves_p, handled, comps, strict=True):
     where = jax.tree_util.keystr(tuple(path))
     dtype = jnp.result_type(p)
     has = hasattr(c, "shape") and hasattr(c, "dtype")
-    if handles(dtype) != has:
+    if rounded != has:
       raise ValueError(
         f"state.compensation{where} holds {'a' if has else 'no'} compensation "
         f"but params{where} is {dtype.name}: the state was created for params "
@@ -552,10 +552,11 @@ def low_precision_params(
     inner_updates, inner_state = inner.update(updates, st.inner, params, **extra_args)
     leaves_p, treedef = jax.tree.flatten(params)
     leaves_u = v.flatten_like(params, inner_updates, "params", "updates")
-    handled = [i for i, p in enumerate(leaves_p) if handles(jnp.result_type(p))]
+    rounded = [handles(jnp.result_type(p)) for p in leaves_p]
+    handled = [i for i, r in enumerate(rounded) if r]
     comps = None
     if method == "kahan":
-      comps = _compensation_leaves(params, leaves_p, st.compensation)
+      comps = _compensation_leaves(params, leaves_p, rounded, st.compensation)
     leaves = _Leaves(
       [leaves_p[i] for i in handled], [leaves_u[i] for i in handled], comps
     )
@@ -569,10 +570,7 @@ def low_precision_params(
     if new_comps is not None:
       filled = iter(new_comps)
       compensation = treedef.unflatten(
-        [
-          next(filled) if handles(jnp.result_type(p)) else optax.MaskedNode()
-          for p in leaves_p
-        ]
+        [next(filled) if r else optax.MaskedNode() for r in rounded]
       )
     new_state = LowPrecisionState(inner_state, compensation, st.key, count)
     return treedef.unflatten(out), cast(optax.OptState, new_state)
