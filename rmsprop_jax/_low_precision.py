@@ -409,17 +409,17 @@ def _checked_state(state: Any, method: str) -> LowPrecisionState:
 
 
 def _compensation_leaves(
-  params: Any, leaves_p: Sequence[Any], handled: Sequence[bool], compensation: Any
+  params: Any, leaves_p: Sequence[Any], rounded: Sequence[bool], compensation: Any
 ) -> list[Any]:
-  """The compensation array of every handled leaf, checked against params."""
+  """The compensation array of every rounded leaf, checked against params."""
   comps = v.flatten_like(params, compensation, "params", "state.compensation")
   paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   out = []
-  for path, p, rounded, c in zip(paths, leaves_p, handled, comps, strict=True):
+  for path, p, r, c in zip(paths, leaves_p, rounded, comps, strict=True):
     where = jax.tree_util.keystr(tuple(path))
     dtype = jnp.result_type(p)
     has = hasattr(c, "shape") and hasattr(c, "dtype")
-    if rounded != has:
+    if r != has:
       raise ValueError(
         f"state.compensation{where} holds {'a' if has else 'no'} compensation "
         f"but params{where} is {dtype.name}: the state was created for params "
